@@ -1,0 +1,65 @@
+// Plain parameter structs shared by the FFI handlers and every kernel.
+// No XLA FFI types below this line: handlers decode buffers and attributes into
+// these structs, kernels read nothing else.
+//
+// Dimension legend (same letters as jax.nn.dot_product_attention):
+//   B batch, T query length, S key/value length, N query heads,
+//   K key/value heads (N % K == 0, G = N / K queries share one K/V head),
+//   H head dim of q and k, Hv head dim of v and o.
+// Tensors are row-major [B, T, N, H] style; strides are in elements and
+// 64-bit so tensors over 2^31 elements index correctly.
+#pragma once
+
+#include <cstdint>
+
+namespace jax_flash {
+
+enum class DType : int32_t { kFloat16 = 0, kBFloat16 = 1 };
+
+// A key j is visible from query i iff  i - window_left <= j <= i + window_right
+// (top-left aligned, as jax.nn.dot_product_attention; causal is window_right = 0).
+// kUnbounded on either side means no limit on that side.
+inline constexpr int32_t kUnbounded = 1 << 30;
+
+struct AttnParams {
+  const void* q;  // [B, T, N, H]
+  const void* k;  // [B, S, K, H]
+  const void* v;  // [B, S, K, Hv]
+  int64_t q_batch_stride, q_row_stride, q_head_stride;
+  int64_t k_batch_stride, k_row_stride, k_head_stride;
+  int64_t v_batch_stride, v_row_stride, v_head_stride;
+
+  int32_t b, t, s, n, n_kv, h, hv;
+  int32_t group;  // n / n_kv
+
+  float scale;       // multiplies q . k
+  float scale_log2;  // scale * log2(e): softmax runs in exp2
+
+  int32_t window_left;   // kUnbounded or >= 0
+  int32_t window_right;  // kUnbounded or >= 0; 0 when causal
+  bool is_causal;        // window_right == 0 and window_left == kUnbounded
+
+  DType dtype;
+  int32_t num_sms;  // multiprocessors of the device (persistent schedulers)
+};
+
+struct FwdParams : AttnParams {
+  void* o;     // [B, T, N, Hv], dtype of q
+  float* lse;  // [B, N, T], natural log of sum(exp(scale * q.k)); -inf for empty rows
+  int64_t o_batch_stride, o_row_stride, o_head_stride;
+};
+
+struct BwdParams : AttnParams {
+  const void* dout;    // [B, T, N, Hv]
+  const float* lse;    // [B, N, T] from the forward pass
+  const float* delta;  // [B, N, T] rowsum(dO * O) (minus the lse cotangent), computed by XLA
+  float* dq_accum;     // [B, T, N, H] float32, zeroed by the handler, accumulated atomically
+  void* dk;            // [B, S, K, H], dtype of k, summed over the G query heads of a group
+  void* dv;            // [B, S, K, Hv]
+  int64_t do_batch_stride, do_row_stride, do_head_stride;
+  int64_t dq_batch_stride, dq_row_stride, dq_head_stride;
+  int64_t dk_batch_stride, dk_row_stride, dk_head_stride;
+  int64_t dv_batch_stride, dv_row_stride, dv_head_stride;
+};
+
+}  // namespace jax_flash
