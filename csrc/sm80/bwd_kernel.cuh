@@ -1,0 +1,482 @@
+// Portable backward attention kernel (FlashAttention-2 scheme) on mma.sync tensor cores.
+//
+// Dimension legend (params.h):
+//   B batch, T query length, S key length, N query heads, K KV heads, G = N / K,
+//   H head dim (h at run time, kHeadDim compiled; columns h..kHeadDim are zero-filled).
+//   Br = kBlockM query rows per step, Bc = kBlockN keys per CTA.
+//   i: query row, j: key row; scores s_ij = q_i . k_j.
+//
+// One CTA per (Bc-block of keys, batch, KV head). K and V stay in shared memory; the CTA
+// walks the G query heads of its group and, for each, the Br-blocks of queries that see
+// its keys (the band). Per step, with P = exp(scale * S - lse):
+//   S  = Q K^T      dP = dO V^T      dS = P * (dP - delta)
+//   dV += P^T dO    dK += dS^T Q     (registers, summed over the whole group: no atomics)
+//   dQ  = dS K      (float32 atomics into dq_accum)
+// P and dS go through shared memory so the transposed products can read them with
+// ldmatrix.trans. Every shared tile is stored as rows of 16-byte chunks whose chunk index
+// is XORed with (row % 8): ldmatrix and cp.async then touch 8 distinct chunks per 8 rows,
+// free of bank conflicts.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+#include <type_traits>
+
+#include <cutlass/numeric_types.h>
+
+#include "params.h"
+#include "sm80/bwd_traits.h"
+
+namespace jax_flash::sm80::bwd {
+
+// ---------------------------------------------------------------------------------------
+// PTX wrappers.
+
+__device__ __forceinline__ uint32_t smem_u32(const void* ptr) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(ptr));
+}
+
+// 16-byte global->shared copy; reads nothing and writes zeros when !valid.
+__device__ __forceinline__ void cp_async_16(uint32_t dst, const void* src, bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src),
+               "r"(valid ? 16 : 0));
+}
+
+__device__ __forceinline__ void cp_async_4(uint32_t dst, const void* src, bool valid) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(src),
+               "r"(valid ? 4 : 0));
+}
+
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+
+__device__ __forceinline__ void cp_async_wait_all() {
+  asm volatile("cp.async.wait_group 0;\n" ::: "memory");
+}
+
+__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+
+__device__ __forceinline__ void ldsm_x4_trans(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+
+// d += a * b for one m16n8k16 tile, float32 accumulation.
+template <typename Element>
+__device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
+                                          uint32_t b1) {
+  if constexpr (std::is_same_v<Element, cutlass::bfloat16_t>) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+        "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  } else {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
+        "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+}
+
+// Two floats -> two 16-bit values in one register (x in the low half: the lower column).
+template <typename Element>
+__device__ __forceinline__ uint32_t pack2(float x, float y) {
+  if constexpr (std::is_same_v<Element, cutlass::bfloat16_t>) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(x, y);
+    return *reinterpret_cast<uint32_t*>(&v);
+  } else {
+    __half2 v = __floats2half2_rn(x, y);
+    return *reinterpret_cast<uint32_t*>(&v);
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Swizzled shared tiles and the warp GEMM.
+
+// Byte offset of (row, 16-byte chunk) in a tile with kCols 16-bit elements per row.
+// `swz` must equal row % 8; callers pass lane % 8, which it is for every ldmatrix below.
+template <int kCols>
+__device__ __forceinline__ uint32_t tile_offset(int row, int chunk, int swz) {
+  return row * (kCols * 2) + ((chunk ^ swz) << 4);
+}
+
+// acc[mt][nt] += A[m0 + 16 mt.., :kK] * B[:kK, n0 + 8 nt..] for one warp, A and B in smem.
+//   kATrans = false: A stored [M][K] (row m holds k contiguous), kACols elements per row;
+//   kATrans = true:  A stored [K][M].
+//   kBTrans = false: B stored [N][K];  kBTrans = true: B stored [K][N].
+// Fragment layouts follow the PTX ISA for mma.m16n8k16 (.row.col); the ldmatrix lane
+// addressing below puts each 8x8 sub-matrix where that layout expects it.
+//
+// Addresses: every lane's row is = lane (mod 8), so its swizzle key is lane % 8. Along k
+// a non-transposed operand steps through chunks 2ks + c (c = 0 or 1); XOR does not
+// distribute over that sum, but ((2ks) ^ key) only depends on ks % 4 inside an aligned
+// group of 8 chunks, so four per-lane offsets plus immediates cover every k-step.
+// The lane index is re-read here so the compiler rebuilds these few offsets per call
+// instead of keeping dozens of hoisted addresses alive across the whole loop.
+template <typename Element, int kMT, int kNT, int kK, bool kATrans, int kACols, bool kBTrans,
+          int kBCols>
+__device__ __forceinline__ void warp_gemm(float (&acc)[kMT][kNT][4], uint32_t a_base, int m0,
+                                          uint32_t b_base, int n0) {
+  static_assert(kNT % 2 == 0 && kK % 16 == 0, "warp tile shape");
+  int lane;
+  asm volatile("mov.u32 %0, %%laneid;\n" : "=r"(lane));
+  const int swz = lane & 7;
+
+  // A: lane-dependent part of each address; the rest are compile-time offsets.
+  uint32_t a_lane[kATrans ? kMT : 4];
+  if constexpr (!kATrans) {
+    // Matrices: (rows 0-7, k 0-7), (rows 8-15, k 0-7), (rows 0-7, k 8-15), (rows 8-15, k 8-15).
+    const uint32_t row = a_base + (m0 + (lane & 15)) * (kACols * 2);
+    const int key = (lane >> 4) ^ swz;
+#pragma unroll
+    for (int q = 0; q < 4; ++q) a_lane[q] = row + (((2 * q) ^ key) << 4);
+  } else {
+    // Stored rows are k: (k 0-7, m 0-7), (k 0-7, m 8-15), (k 8-15, m 0-7), (k 8-15, m 8-15).
+    const uint32_t row = a_base + ((lane & 7) + ((lane >> 4) << 3)) * (kACols * 2);
+#pragma unroll
+    for (int mt = 0; mt < kMT; ++mt)
+      a_lane[mt] = row + (((((m0 + mt * 16) >> 3) + ((lane >> 3) & 1)) ^ swz) << 4);
+  }
+  uint32_t b_lane[kBTrans ? kNT / 2 : 4];
+  if constexpr (!kBTrans) {
+    // (n 0-7, k 0-7), (n 0-7, k 8-15), (n 8-15, k 0-7), (n 8-15, k 8-15).
+    const uint32_t row = b_base + (n0 + (lane & 7) + ((lane >> 4) << 3)) * (kBCols * 2);
+    const int key = ((lane >> 3) & 1) ^ swz;
+#pragma unroll
+    for (int q = 0; q < 4; ++q) b_lane[q] = row + (((2 * q) ^ key) << 4);
+  } else {
+    // Stored rows are k: (k 0-7, n 0-7), (k 8-15, n 0-7), (k 0-7, n 8-15), (k 8-15, n 8-15).
+    const uint32_t row = b_base + ((lane & 7) + (((lane >> 3) & 1) << 3)) * (kBCols * 2);
+#pragma unroll
+    for (int np = 0; np < kNT / 2; ++np)
+      b_lane[np] = row + (((((n0 + np * 16) >> 3) + (lane >> 4)) ^ swz) << 4);
+  }
+
+#pragma unroll
+  for (int ks = 0; ks < kK / 16; ++ks) {
+    uint32_t a[kMT][4];
+#pragma unroll
+    for (int mt = 0; mt < kMT; ++mt) {
+      if constexpr (!kATrans) {
+        ldsm_x4(a[mt], a_lane[ks % 4] + mt * 16 * (kACols * 2) + (ks / 4) * 128);
+      } else {
+        ldsm_x4_trans(a[mt], a_lane[mt] + ks * 16 * (kACols * 2));
+      }
+    }
+    uint32_t b[kNT][2];
+#pragma unroll
+    for (int np = 0; np < kNT / 2; ++np) {
+      uint32_t r[4];
+      if constexpr (!kBTrans) {
+        ldsm_x4(r, b_lane[ks % 4] + np * 16 * (kBCols * 2) + (ks / 4) * 128);
+      } else {
+        ldsm_x4_trans(r, b_lane[np] + ks * 16 * (kBCols * 2));
+      }
+      b[2 * np][0] = r[0];
+      b[2 * np][1] = r[1];
+      b[2 * np + 1][0] = r[2];
+      b[2 * np + 1][1] = r[3];
+    }
+#pragma unroll
+    for (int mt = 0; mt < kMT; ++mt) {
+#pragma unroll
+      for (int nt = 0; nt < kNT; ++nt) mma_16816<Element>(acc[mt][nt], a[mt], b[nt][0], b[nt][1]);
+    }
+  }
+}
+
+template <int kMT, int kNT>
+__device__ __forceinline__ void zero(float (&acc)[kMT][kNT][4]) {
+#pragma unroll
+  for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+    for (int nt = 0; nt < kNT; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[mt][nt][e] = 0.f;
+}
+
+// Copies rows [0, valid_rows) x columns [0, valid_cols) of a global tile into a swizzled
+// smem tile of kRows x kCols, zero-filling the rest. `row_stride` is in elements.
+template <int kRows, int kCols, int kThreads, typename Element>
+__device__ __forceinline__ void load_tile(uint32_t dst, const Element* src, int64_t row_stride,
+                                          int valid_rows, int valid_cols, int tid) {
+  constexpr int kChunksPerRow = kCols / 8;
+  constexpr int kChunks = kRows * kChunksPerRow;
+  static_assert(kChunks % kThreads == 0, "tile copy must split evenly");
+#pragma unroll
+  for (int i = 0; i < kChunks / kThreads; ++i) {
+    const int idx = tid + i * kThreads;
+    const int row = idx / kChunksPerRow;
+    const int chunk = idx % kChunksPerRow;
+    const bool valid = row < valid_rows && chunk * 8 < valid_cols;
+    const Element* p = valid ? src + row * row_stride + chunk * 8 : src;
+    cp_async_16(dst + tile_offset<kCols>(row, chunk, row & 7), p, valid);
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// The kernel.
+
+template <typename Element, typename Cfg>
+__global__ void __launch_bounds__(Cfg::kThreads, 1) bwd_kernel(const __grid_constant__ BwdParams p) {
+  constexpr int kH = Cfg::kHeadDim;
+  constexpr int kBr = Cfg::kBlockM;
+  constexpr int kBc = Cfg::kBlockN;
+  constexpr int kThreads = Cfg::kThreads;
+  // Fragment counts of each warp tile (m16 rows, n8 columns).
+  constexpr int kSdPMT = Cfg::kSdPTileM / 16, kSdPNT = Cfg::kSdPTileN / 8;
+  constexpr int kKVMT = Cfg::kKVTileM / 16, kKVNT = Cfg::kKVTileN / 8;
+  constexpr int kQMT = Cfg::kQTileM / 16, kQNT = Cfg::kQTileN / 8;
+
+  extern __shared__ __align__(128) unsigned char smem[];
+  const uint32_t s_base = smem_u32(smem);
+  const uint32_t sK = s_base + Cfg::kSmemK;
+  const uint32_t sV = s_base + Cfg::kSmemV;
+  const uint32_t sP = s_base + Cfg::kSmemP;
+  const uint32_t sDS = s_base + Cfg::kSmemDS;
+  const float* sLse = reinterpret_cast<const float*>(smem + Cfg::kSmemLse);
+  const float* sDelta = reinterpret_cast<const float*>(smem + Cfg::kSmemDelta);
+
+  const int tid = threadIdx.x;
+  const int warp = tid / 32;
+  const int lane = tid % 32;
+  const int g = lane / 4;  // accumulator row within an m16 tile (and g + 8)
+  const int t = lane % 4;  // accumulator columns 2t, 2t + 1 within an n8 tile
+
+  const int n_block = blockIdx.x;
+  const int kv_head = blockIdx.y;
+  const int batch = blockIdx.z;
+  const int n_start = n_block * kBc;
+  const int n_valid = min(kBc, p.s - n_start);
+
+  // The band: queries i that see at least one of keys [n_start, n_start + n_valid).
+  const bool left_bounded = p.window_left < kUnbounded;
+  const bool right_bounded = p.window_right < kUnbounded;
+  const int64_t i_lo = right_bounded ? max(int64_t{0}, int64_t{n_start} - p.window_right) : 0;
+  const int64_t i_hi = left_bounded
+                           ? min(int64_t{p.t}, int64_t{n_start} + n_valid + p.window_left)
+                           : int64_t{p.t};
+  const int m_begin = static_cast<int>(i_lo / kBr);
+  const int m_end = i_hi > i_lo ? static_cast<int>((i_hi + kBr - 1) / kBr) : m_begin;
+  const int num_m = m_end - m_begin;
+  const int num_steps = p.group * num_m;
+
+  const Element* k_ptr = static_cast<const Element*>(p.k) + batch * p.k_batch_stride +
+                         kv_head * p.k_head_stride + int64_t{n_start} * p.k_row_stride;
+  const Element* v_ptr = static_cast<const Element*>(p.v) + batch * p.v_batch_stride +
+                         kv_head * p.v_head_stride + int64_t{n_start} * p.v_row_stride;
+  load_tile<kBc, kH, kThreads>(sK, k_ptr, p.k_row_stride, n_valid, p.h, tid);
+  load_tile<kBc, kH, kThreads>(sV, v_ptr, p.v_row_stride, n_valid, p.h, tid);
+
+  // Issues the loads of step `step` (Q, dO, lse, delta of one head and one query block).
+  auto load_step = [&](int step, int stage) {
+    // Re-read so the per-thread copy offsets are recomputed here, not held across the loop.
+    int tid;
+    asm volatile("mov.u32 %0, %%tid.x;\n" : "=r"(tid));
+    const int head = kv_head * p.group + step / num_m;
+    const int m0 = (m_begin + step % num_m) * kBr;
+    const int valid_rows = min(kBr, p.t - m0);
+    const Element* q = static_cast<const Element*>(p.q) + batch * p.q_batch_stride +
+                       head * p.q_head_stride + int64_t{m0} * p.q_row_stride;
+    const Element* dout = static_cast<const Element*>(p.dout) + batch * p.do_batch_stride +
+                          head * p.do_head_stride + int64_t{m0} * p.do_row_stride;
+    load_tile<kBr, kH, kThreads>(s_base + Cfg::kSmemQ + stage * Cfg::kTileQBytes, q,
+                                 p.q_row_stride, valid_rows, p.h, tid);
+    load_tile<kBr, kH, kThreads>(s_base + Cfg::kSmemDO + stage * Cfg::kTileQBytes, dout,
+                                 p.do_row_stride, valid_rows, p.h, tid);
+    // Rows past T read lse = delta = 0: their Q and dO rows are zero, so they contribute 0.
+    const int64_t row_offset = (int64_t{batch} * p.n + head) * p.t + m0;
+    if (tid < kBr) {
+      cp_async_4(s_base + Cfg::kSmemLse + (stage * kBr + tid) * 4,
+                 p.lse + row_offset + (tid < valid_rows ? tid : 0), tid < valid_rows);
+    } else if (tid < 2 * kBr) {
+      const int r = tid - kBr;
+      cp_async_4(s_base + Cfg::kSmemDelta + (stage * kBr + r) * 4,
+                 p.delta + row_offset + (r < valid_rows ? r : 0), r < valid_rows);
+    }
+  };
+
+  if (num_steps > 0) load_step(0, 0);
+  cp_async_commit();
+
+  float acc_dk[kKVMT][kKVNT][4];
+  float acc_dv[kKVMT][kKVNT][4];
+  zero(acc_dk);
+  zero(acc_dv);
+
+  // Warp tile origins.
+  const int sdp_m0 = (warp % Cfg::kSdPWarpsM) * Cfg::kSdPTileM;
+  const int sdp_n0 = (warp / Cfg::kSdPWarpsM) * Cfg::kSdPTileN;
+  const int kv_m0 = (warp % Cfg::kKVWarpsM) * Cfg::kKVTileM;
+  const int kv_n0 = (warp / Cfg::kKVWarpsM) * Cfg::kKVTileN;
+  const int q_m0 = (warp % Cfg::kQWarpsM) * Cfg::kQTileM;
+  const int q_n0 = (warp / Cfg::kQWarpsM) * Cfg::kQTileN;
+
+  constexpr float kLog2e = 1.4426950408889634f;
+
+  for (int step = 0; step < num_steps; ++step) {
+    const int stage = Cfg::kDoubleBuffer ? (step & 1) : 0;
+    const uint32_t sQ = s_base + Cfg::kSmemQ + stage * Cfg::kTileQBytes;
+    const uint32_t sDO = s_base + Cfg::kSmemDO + stage * Cfg::kTileQBytes;
+    const int head = kv_head * p.group + step / num_m;
+    const int m0 = (m_begin + step % num_m) * kBr;
+
+    // This step's tiles have landed, and every warp is done with the previous step's
+    // P, dS and other stage.
+    cp_async_wait_all();
+    __syncthreads();
+    if constexpr (Cfg::kDoubleBuffer) {
+      if (step + 1 < num_steps) load_step(step + 1, stage ^ 1);
+      cp_async_commit();
+    }
+
+    float s[kSdPMT][kSdPNT][4];
+    float dp[kSdPMT][kSdPNT][4];
+    zero(s);
+    zero(dp);
+    warp_gemm<Element, kSdPMT, kSdPNT, kH, false, kH, false, kH>(s, sQ, sdp_m0, sK, sdp_n0);
+    warp_gemm<Element, kSdPMT, kSdPNT, kH, false, kH, false, kH>(dp, sDO, sdp_m0, sV, sdp_n0);
+
+    // Element masks only where the tile crosses the band's edge or the end of the keys.
+    const bool need_mask =
+        n_start + kBc > p.s ||
+        (left_bounded && int64_t{n_start} < int64_t{m0} + kBr - 1 - p.window_left) ||
+        (right_bounded && int64_t{n_start} + kBc - 1 > int64_t{m0} + p.window_right);
+
+#pragma unroll
+    for (int mt = 0; mt < kSdPMT; ++mt) {
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int r = sdp_m0 + mt * 16 + g + half * 8;
+        const float lse = sLse[stage * kBr + r];
+        // A row that sees nothing has lse = -inf; +inf here makes its P exactly 0.
+        const float lse2 = lse == -INFINITY ? INFINITY : lse * kLog2e;
+        const float delta = sDelta[stage * kBr + r];
+        const int i = m0 + r;
+#pragma unroll
+        for (int nt = 0; nt < kSdPNT; ++nt) {
+#pragma unroll
+          for (int c = 0; c < 2; ++c) {
+            const int e = half * 2 + c;
+            const int j = n_start + sdp_n0 + nt * 8 + 2 * t + c;
+            bool visible = true;
+            if (need_mask) {
+              visible = j < p.s && (!left_bounded || j >= i - p.window_left) &&
+                        (!right_bounded || j <= i + p.window_right);
+            }
+            const float pv = visible ? exp2f(fmaf(s[mt][nt][e], p.scale_log2, -lse2)) : 0.f;
+            s[mt][nt][e] = pv;
+            dp[mt][nt][e] = pv * (dp[mt][nt][e] - delta);
+          }
+        }
+      }
+    }
+
+    // P and dS to shared memory (rows = query, columns = key). Rows are g (mod 8), so the
+    // swizzle key is g; offsets are rebuilt here rather than kept live across the loop.
+    {
+      int lane_now;
+      asm volatile("mov.u32 %0, %%laneid;\n" : "=r"(lane_now));
+      const int gg = lane_now / 4;
+      const uint32_t row_off = (sdp_m0 + gg) * (kBc * 2) + (lane_now % 4) * 4;
+#pragma unroll
+      for (int nt = 0; nt < kSdPNT; ++nt) {
+        const uint32_t off = row_off + ((((sdp_n0 >> 3) + nt) ^ gg) << 4);
+#pragma unroll
+        for (int mt = 0; mt < kSdPMT; ++mt) {
+#pragma unroll
+          for (int half = 0; half < 2; ++half) {
+            const uint32_t o = off + (mt * 16 + half * 8) * (kBc * 2);
+            const uint32_t pv = pack2<Element>(s[mt][nt][2 * half], s[mt][nt][2 * half + 1]);
+            const uint32_t dsv = pack2<Element>(dp[mt][nt][2 * half], dp[mt][nt][2 * half + 1]);
+            asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(sP + o), "r"(pv));
+            asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(sDS + o), "r"(dsv));
+          }
+        }
+      }
+    }
+    __syncthreads();
+
+    // dV += P^T dO and dK += dS^T Q: A is the transpose of the stored [Br][Bc] tile, B the
+    // stored [Br][H] tile read as [K][N].
+    warp_gemm<Element, kKVMT, kKVNT, kBr, true, kBc, true, kH>(acc_dv, sP, kv_m0, sDO, kv_n0);
+    warp_gemm<Element, kKVMT, kKVNT, kBr, true, kBc, true, kH>(acc_dk, sDS, kv_m0, sQ, kv_n0);
+
+    if constexpr (!Cfg::kDoubleBuffer) {
+      // Single stage: the next Q/dO may overwrite this one only now; it loads while dQ runs.
+      __syncthreads();
+      if (step + 1 < num_steps) load_step(step + 1, 0);
+      cp_async_commit();
+    }
+
+    // dQ = scale * dS K, added into dq_accum; in kQPasses column slices when a whole
+    // warp tile of dQ would not fit in registers beside dK and dV.
+    float* dq_ptr = p.dq_accum + batch * p.dq_batch_stride + head * p.dq_head_stride;
+#pragma unroll 1
+    for (int pass = 0; pass < Cfg::kQPasses; ++pass) {
+      constexpr int kPassNT = kQNT / Cfg::kQPasses;
+      const int pass_n0 = q_n0 + pass * kPassNT * 8;
+      float dq[kQMT][kPassNT][4];
+      zero(dq);
+      warp_gemm<Element, kQMT, kPassNT, kBc, false, kBc, true, kH>(dq, sDS, q_m0, sK, pass_n0);
+      int lane_now;
+      asm volatile("mov.u32 %0, %%laneid;\n" : "=r"(lane_now));
+#pragma unroll
+      for (int mt = 0; mt < kQMT; ++mt) {
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          const int i = m0 + q_m0 + mt * 16 + lane_now / 4 + half * 8;
+          if (i >= p.t) continue;
+          float* row = dq_ptr + int64_t{i} * p.dq_row_stride;
+#pragma unroll
+          for (int nt = 0; nt < kPassNT; ++nt) {
+            const int col = pass_n0 + nt * 8 + 2 * (lane_now % 4);
+            if (col >= p.h) continue;
+            const float x = dq[mt][nt][2 * half] * p.scale;
+            const float y = dq[mt][nt][2 * half + 1] * p.scale;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+            // One vector reduction instead of two (sm90+): halves the atomic operations.
+            atomicAdd(reinterpret_cast<float2*>(row + col), make_float2(x, y));
+#else
+            atomicAdd(row + col, x);
+            atomicAdd(row + col + 1, y);
+#endif
+          }
+        }
+      }
+    }
+  }
+
+  // Epilogue: dK (scaled) and dV, written once in the input dtype.
+  Element* dk_ptr = static_cast<Element*>(p.dk) + batch * p.dk_batch_stride +
+                    kv_head * p.dk_head_stride;
+  Element* dv_ptr = static_cast<Element*>(p.dv) + batch * p.dv_batch_stride +
+                    kv_head * p.dv_head_stride;
+#pragma unroll
+  for (int mt = 0; mt < kKVMT; ++mt) {
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int j = n_start + kv_m0 + mt * 16 + g + half * 8;
+      if (j >= p.s) continue;
+#pragma unroll
+      for (int nt = 0; nt < kKVNT; ++nt) {
+        const int col = kv_n0 + nt * 8 + 2 * t;
+        if (col >= p.h) continue;
+        *reinterpret_cast<uint32_t*>(dk_ptr + int64_t{j} * p.dk_row_stride + col) =
+            pack2<Element>(acc_dk[mt][nt][2 * half] * p.scale, acc_dk[mt][nt][2 * half + 1] * p.scale);
+        *reinterpret_cast<uint32_t*>(dv_ptr + int64_t{j} * p.dv_row_stride + col) =
+            pack2<Element>(acc_dv[mt][nt][2 * half], acc_dv[mt][nt][2 * half + 1]);
+      }
+    }
+  }
+}
+
+}  // namespace jax_flash::sm80::bwd
