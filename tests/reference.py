@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import jax_flash
+
 
 @contextlib.contextmanager
 def x64():
@@ -105,3 +107,90 @@ def assert_flash_rule(got, naive_lowp, ref64, name: str, floor: float = 1e-6):
   budget = 2.0 * max_err(naive_lowp, ref64) + floor
   err = max_err(got, ref64)
   assert err <= budget, f"{name}: max error {err:.3g} > budget {budget:.3g} (2x naive)"
+
+
+# -- shared test helpers -------------------------------------------------------------
+
+TOL = 1e-5
+ARRAY_KW = ("bias", "mask", "query_seq_lengths", "key_value_seq_lengths",
+            "q_segment_ids", "kv_segment_ids")
+
+
+def make_qkv(rng, b, t, s, n, n_kv, h, hv=None, dtype=np.float32):
+  hv = h if hv is None else hv
+  q = rng.standard_normal((b, t, n, h))
+  k = rng.standard_normal((b, s, n_kv, h))
+  v = rng.standard_normal((b, s, n_kv, hv))
+  return [jnp.asarray(x, dtype) for x in (q, k, v)]
+
+
+def make_features(rng, name, b, t, s, n):
+  """Keyword arguments for one named feature combination, with random contents."""
+  seg_q = np.sort(rng.integers(0, 3, (b, t)), axis=1).astype(np.int32)
+  seg_k = np.sort(rng.integers(0, 3, (b, s)), axis=1).astype(np.int32)
+  lens = dict(query_seq_lengths=rng.integers(1, t + 1, b).astype(np.int32),
+              key_value_seq_lengths=rng.integers(1, s + 1, b).astype(np.int32))
+  table = {
+      "plain": {},
+      "causal": dict(is_causal=True),
+      "window_int": dict(local_window_size=5),
+      "window_pair": dict(local_window_size=(7, 2)),
+      "window_left_only": dict(local_window_size=(4, None)),
+      "causal_window": dict(is_causal=True, local_window_size=(6, 3)),
+      "lengths": lens,
+      "segments": dict(q_segment_ids=seg_q, kv_segment_ids=seg_k),
+      "softcap": dict(softcap=2.0, scale=0.9),
+      "bias_full": dict(bias=rng.standard_normal((b, n, t, s)).astype(np.float32)),
+      "bias_bcast": dict(bias=rng.standard_normal((1, n, 1, s)).astype(np.float32)),
+      "bias_2d": dict(bias=rng.standard_normal((t, s)).astype(np.float32)),
+      "mask": dict(mask=rng.random((b, 1, t, s)) < 0.7),
+      "everything": dict(is_causal=True, local_window_size=(9, 0), softcap=3.0,
+                         q_segment_ids=seg_q, kv_segment_ids=seg_k,
+                         bias=rng.standard_normal((b, 1, t, s)).astype(np.float32),
+                         mask=rng.random((1, n, t, s)) < 0.8, **lens),
+  }
+  return table[name]
+
+
+def split_kwargs(kw):
+  arrays = {k: jnp.asarray(v) for k, v in kw.items() if k in ARRAY_KW}
+  static = {k: v for k, v in kw.items() if k not in ARRAY_KW}
+  return arrays, static
+
+
+def check_against_reference(q, k, v, kw, tol=TOL, seed=1, implementation="xla"):
+  """Values, lse and gradients (q, k, v, bias; through out and lse) vs float64."""
+  arrays, static = split_kwargs(kw)
+  rng = np.random.default_rng(seed)
+  b, t, n, _ = q.shape
+  dout = jnp.asarray(rng.standard_normal(q.shape[:3] + v.shape[3:]), jnp.float32)
+  dlse = jnp.asarray(rng.standard_normal((b, n, t)), jnp.float32)
+
+  def loss(fn, q, k, v, bias):
+    out, lse = fn(q, k, v, bias)
+    lse = jnp.where(jnp.isfinite(lse), lse, 0.0)
+    return (out * dout.astype(out.dtype)).sum() + (lse * dlse.astype(lse.dtype)).sum()
+
+  bias = arrays.pop("bias", None)
+  ours = lambda q, k, v, bias: jax_flash.attention(
+      q, k, v, bias, return_lse=True, implementation=implementation, **arrays, **static)
+  out, lse = jax.jit(ours)(q, k, v, bias)
+  grads = jax.jit(jax.grad(lambda *a: loss(ours, *a), argnums=(0, 1, 2, 3)))(q, k, v, bias)
+
+  with x64():
+    q64, k64, v64 = (jnp.asarray(x, jnp.float64) for x in (q, k, v))
+    b64 = None if bias is None else jnp.asarray(bias, jnp.float64)
+    naive = lambda q, k, v, bias: attention(q, k, v, bias, **arrays, **static)
+    out64, lse64 = naive(q64, k64, v64, b64)
+    g64 = jax.grad(lambda *a: loss(naive, *a), argnums=(0, 1, 2, 3))(q64, k64, v64, b64)
+    out64, lse64 = np.asarray(out64), np.asarray(lse64)
+    g64 = [None if g is None else np.asarray(g) for g in g64]
+
+  assert rel_err(out, out64) <= tol, ("out", rel_err(out, out64))
+  assert rel_err(lse, lse64) <= tol, ("lse", rel_err(lse, lse64))
+  for name, g, w in zip(("dq", "dk", "dv", "dbias"), grads, g64):
+    if w is None:
+      continue
+    assert not np.isnan(np.asarray(g, np.float32)).any(), f"{name} has NaN"
+    assert rel_err(g, w) <= tol, (name, rel_err(g, w))
+  return out, lse

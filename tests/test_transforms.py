@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 import jax_flash
-from tests import reference as ref
-from tests.test_attention import check_against_reference, make_qkv
+import reference as ref
+from reference import check_against_reference, make_qkv
 
 attn = functools.partial(jax_flash.attention, implementation="xla")
 
