@@ -1,0 +1,539 @@
+"""Side-by-side attention benchmark: jax_flash against every attention a JAX user has.
+
+Protocol (../shared/BENCHMARKS.md, FlashAttention's): 16384 tokens per batch
+(B = tokens // T), hidden 2048 (N = hidden // H), T = S, random normal inputs;
+FLOPs fwd = 4*B*N*T*S*H (halved when causal), bwd = 2.5 x fwd, and the backward time is
+time(fwd+bwd through jax.vjp) - time(fwd). Each timing: jit, two warm-up calls, then 10
+calls enqueued and the last one blocked on; the median of 5 such repeats.
+
+All peers run in this one process, point after point (a point runs every peer before
+the next point starts), so the ratios printed compare numbers taken minutes apart at
+most on the same GPU. A peer that fails at a point (OOM, unsupported shape, missing
+package) is recorded with its reason and the run goes on; after a failure it is not
+retried at longer sequences of the same (head dim, causal, direction).
+
+  python examples/benchmark.py                       # the full grid on a GPU
+  python examples/benchmark.py --smoke --out /tmp/b  # CPU, tiny shapes, seconds
+  python examples/benchmark.py --memory              # peak memory of fwd+bwd, 16k and 128k
+  python examples/benchmark.py --from-json a/results.json b/results.json --out ab
+                                                     # re-render table/CSV/plot
+
+Legend: B batch, T query length, S key length (= T), N heads, H head dim.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import dataclasses
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+WARMUP, CALLS, REPEATS = 2, 10, 5
+FULL = dict(tokens=16384, hidden=2048, seqlens=(512, 1024, 2048, 4096, 8192, 16384),
+            head_dims=(64, 128, 256))
+# Smoke: shapes small enough that the CPU runs every point of every peer in seconds.
+SMOKE = dict(tokens=512, hidden=256, seqlens=(128, 256), head_dims=(64,))
+MEMORY = dict(seqlens=(16384, 131072), heads=16, head_dim=128)
+MEMORY_SMOKE = dict(seqlens=(1024, 4096), heads=4, head_dim=64)
+# Forward outputs further than this from the reference peer's (max |diff| / max |ref|)
+# are flagged: bf16 rounding alone gives about 0.4%; a masking bug gives O(1).
+REL_ERR_FLAG = 0.05
+FAMILIES = ("cudnn", "fa3", "jax_flash", "pallas", "xla")
+PEER_COLORS = dict(jax_flash="C3", jax_flash_sm90="C3", jax_flash_sm80="C1", cudnn="C0",
+                   fa3="C2", pallas="C4", xla="C7")
+
+
+@dataclasses.dataclass
+class Peer:
+  name: str                          # column name, e.g. "jax_flash_sm90"
+  family: str                        # what --peers selects: one of FAMILIES
+  fn: Callable | None = None         # (q, k, v, is_causal) -> out [B, T, N, H]
+  arch: int | None = None            # jax_flash kernel path forced while it runs
+  unavailable: str | None = None     # why it cannot run at all in this process
+
+
+# -- peers --------------------------------------------------------------------------
+
+
+def _flash_peers(on_gpu: bool) -> list[Peer]:
+  import jax_flash
+
+  if not on_gpu:  # CPU smoke: the pure-JAX path is all there is
+    return [Peer("jax_flash", "jax_flash", lambda q, k, v, c: jax_flash.attention(
+        q, k, v, is_causal=c, implementation="xla"))]
+  cuda = lambda q, k, v, c: jax_flash.attention(q, k, v, is_causal=c, implementation="cuda")
+  cc = str(getattr(jax.devices()[0], "compute_capability", ""))
+  if not cc.startswith("9."):
+    return [Peer("jax_flash", "jax_flash", cuda)]
+  try:
+    from jax_flash import _cuda
+    force = getattr(_cuda, "force_arch", None)
+  except ImportError as e:
+    force, why = None, f"jax_flash._cuda cannot be imported ({e})"
+  else:
+    why = "jax_flash._cuda.force_arch is missing"
+  if force is None:
+    print(f"note: {why}: only the default dispatch runs (no separate sm80/sm90 columns)")
+    return [Peer("jax_flash", "jax_flash", cuda)]
+  return [Peer("jax_flash_sm90", "jax_flash", cuda, arch=90),
+          Peer("jax_flash_sm80", "jax_flash", cuda, arch=80)]
+
+
+def _fa3_peer() -> Peer:
+  try:
+    import flash_attn3_jax
+  except Exception as e:  # absent, or built against another jax
+    return Peer("fa3", "fa3", unavailable=f"flash_attn3_jax not importable: {e}")
+  return Peer("fa3", "fa3", lambda q, k, v, c: flash_attn3_jax.flash_mha(q, k, v, is_causal=c))
+
+
+def _pallas_peer() -> Peer:
+  try:
+    from jax.experimental.pallas.ops.gpu import attention as pallas_attention
+  except Exception as e:
+    return Peer("pallas", "pallas", unavailable=f"Pallas GPU attention not importable: {e}")
+  # mha(q, k, v, segment_ids, sm_scale=1.0, causal=False): [B, T, N, H]; its default
+  # scale is 1, so pass the same 1/sqrt(H) as the others.
+  return Peer("pallas", "pallas", lambda q, k, v, c: pallas_attention.mha(
+      q, k, v, None, sm_scale=1.0 / math.sqrt(q.shape[-1]), causal=c))
+
+
+def make_peers(selected: list[str], on_gpu: bool) -> list[Peer]:
+  """Every peer, in run order, filtered by family or column name."""
+  nn_attn = lambda impl: (lambda q, k, v, c: jax.nn.dot_product_attention(
+      q, k, v, is_causal=c, implementation=impl))
+  peers = [Peer("cudnn", "cudnn", nn_attn("cudnn")), _fa3_peer(), *_flash_peers(on_gpu),
+           _pallas_peer(), Peer("xla", "xla", nn_attn("xla"))]
+  peers = [p for p in peers if p.family in selected or p.name in selected]
+  for p in peers:
+    if p.unavailable:
+      print(f"note: skipping {p.name}: {p.unavailable}")
+  return peers
+
+
+@contextlib.contextmanager
+def forced_arch(arch: int | None):
+  """Force one jax_flash kernel path (test-only switch) for tracing and timing."""
+  if arch is None:
+    yield
+    return
+  from jax_flash import _cuda
+  _cuda.force_arch(arch)
+  jax.clear_caches()  # never reuse a lowering traced under the other path
+  try:
+    yield
+  finally:
+    _cuda.force_arch(0)
+    jax.clear_caches()
+
+
+# -- timing -------------------------------------------------------------------------
+
+
+def fwd_flops(b: int, n: int, t: int, h: int, causal: bool) -> float:
+  return 4.0 * b * n * t * t * h / (2 if causal else 1)
+
+
+def time_per_call(fn, args):
+  """Median seconds per call (protocol above) and the last call's output."""
+  for _ in range(WARMUP):
+    out = jax.block_until_ready(fn(*args))
+  times = []
+  for _ in range(REPEATS):
+    start = time.perf_counter()
+    for _ in range(CALLS):
+      out = fn(*args)
+    jax.block_until_ready(out)
+    times.append((time.perf_counter() - start) / CALLS)
+  return statistics.median(times), out
+
+
+def failure_reason(e: Exception) -> str:
+  text = f"{type(e).__name__}: {e}"
+  if any(s in text for s in ("RESOURCE_EXHAUSTED", "Out of memory", "out of memory")):
+    return "OOM"
+  return " ".join(text.split())[:300]
+
+
+# After these the CUDA context is unusable: every later call would fail too.
+STICKY_ERRORS = ("ILLEGAL_ADDRESS", "illegal memory access", "unspecified launch failure",
+                 "LAUNCH_FAILED", "misaligned address", "ILLEGAL_INSTRUCTION")
+
+
+def record_failure(rec, direction, e, failed):
+  rec[f"{direction}_error"] = reason = failure_reason(e)
+  failed[(rec["peer"], rec["head_dim"], rec["causal"], direction)] = (rec["seqlen"], reason)
+  if any(s in reason for s in STICKY_ERRORS):
+    raise RuntimeError(f"{rec['peer']} broke the CUDA context ({reason}); stopping") from e
+
+
+def run_point(peers, point, dtype, directions, failed, records):
+  """Appends one record per peer at one (head_dim, causal, seqlen) point to records.
+
+  failed maps (peer, head_dim, causal, direction) -> (seqlen, reason) of an earlier
+  failure; such a peer is not retried at this longer seqlen.
+  """
+  h, causal, t, b, n = (point[k] for k in ("head_dim", "causal", "seqlen", "batch", "heads"))
+  keys = jax.random.split(jax.random.key(1000 * t + 2 * h + causal), 4)
+  q, k, v, dout = (jax.random.normal(key, (b, t, n, h), dtype) for key in keys)
+  flops = fwd_flops(b, n, t, h, causal)
+  outputs, first = {}, len(records)
+  for peer in peers:
+    rec = dict(peer=peer.name, **point, fwd_ms=None, fwdbwd_ms=None, bwd_ms=None,
+               fwd_tflops=None, bwd_tflops=None, fwd_error=None, bwd_error=None,
+               rel_err=None)
+    records.append(rec)
+    for d in ("fwd", "bwd"):
+      earlier = failed.get((peer.name, h, causal, d))
+      if peer.unavailable:
+        rec[f"{d}_error"] = f"skipped: {peer.unavailable}"
+      elif earlier:
+        rec[f"{d}_error"] = f"skipped: failed at seqlen {earlier[0]} ({earlier[1]})"
+    if peer.unavailable:
+      continue
+    attn = lambda q_, k_, v_, f=peer.fn: f(q_, k_, v_, causal)
+
+    def fwd_bwd(q_, k_, v_, do_, attn=attn):
+      out, vjp = jax.vjp(attn, q_, k_, v_)
+      return out, vjp(do_)
+
+    with forced_arch(peer.arch):
+      # The backward time needs the forward time, so "bwd" alone still times "fwd".
+      if rec["fwd_error"] is None:
+        try:
+          sec, outputs[peer.name] = time_per_call(jax.jit(attn), (q, k, v))
+          rec["fwd_ms"], rec["fwd_tflops"] = sec * 1e3, flops / sec / 1e12
+        except Exception as e:
+          record_failure(rec, "fwd", e, failed)
+      if "bwd" in directions and rec["bwd_error"] is None:
+        if rec["fwd_error"] is not None:  # no forward time to subtract
+          rec["bwd_error"] = rec["fwd_error"]
+        else:
+          try:
+            sec, _ = time_per_call(jax.jit(fwd_bwd), (q, k, v, dout))
+            rec["fwdbwd_ms"] = sec * 1e3
+            rec["bwd_ms"] = rec["fwdbwd_ms"] - rec["fwd_ms"]
+            if rec["bwd_ms"] > 0:
+              rec["bwd_tflops"] = 2.5 * flops / rec["bwd_ms"] / 1e9
+            else:
+              rec["bwd_error"] = "fwd+bwd not slower than fwd (timing noise)"
+          except Exception as e:
+            record_failure(rec, "bwd", e, failed)
+  _check_outputs(records[first:], outputs)
+
+
+def _check_outputs(records, outputs):
+  """rel_err of each forward output against a trusted peer's (jax.nn xla, else cuDNN)."""
+  ref_name = next((p for p in ("xla", "cudnn") if p in outputs), None)
+  if ref_name is None:
+    return
+  for rec in records:
+    if rec["peer"] in outputs and rec["peer"] != ref_name:
+      rec["rel_err"] = float(_rel_err(outputs[rec["peer"]], outputs[ref_name]))
+      rec["rel_err_ref"] = ref_name
+
+
+@jax.jit
+def _rel_err(x, ref):
+  x, ref = x.astype(jnp.float32), ref.astype(jnp.float32)
+  return jnp.max(jnp.abs(x - ref)) / jnp.max(jnp.abs(ref))
+
+
+# -- reporting ----------------------------------------------------------------------
+
+
+def _cell(rec, d):
+  if rec is None:
+    return "-"
+  value = rec[f"{d}_tflops"]
+  if value is not None:
+    return f"{value:.0f}" if value >= 100 else f"{value:.3g}"
+  err = rec[f"{d}_error"] or "-"
+  return "OOM" if err == "OOM" else "skip" if err.startswith("skipped") else "fail"
+
+
+def _ratio(a, b):
+  return f"{a / b:.2f}" if a is not None and b is not None else "-"
+
+
+def _best(*values):
+  values = [x for x in values if x is not None]
+  return max(values) if values else None
+
+
+def _format(head, rows):
+  widths = [max(len(x) for x in col) for col in zip(head, *rows)]
+  fmt = lambda cells: "  ".join(x.rjust(w) for x, w in zip(cells, widths))
+  return [fmt(head), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows]
+
+
+def render_table(meta, records) -> str:
+  """TFLOP/s fwd / bwd per peer; then each jax_flash column's ratios to cuDNN and to
+  the best of (cuDNN, FA3), taken at the same point of the same run."""
+  peers = list(dict.fromkeys(r["peer"] for r in records))
+  flash = [p for p in peers if p.startswith("jax_flash")]
+  by_point = {}
+  for r in records:
+    by_point.setdefault((r["head_dim"], r["causal"], r["seqlen"]), {})[r["peer"]] = r
+  points = sorted(by_point)
+  key_cols = lambda h, c, t: [str(h), str(int(c)), str(t)]
+  speed = [key_cols(*pt) + [f"{_cell(by_point[pt].get(p), 'fwd')} / "
+                            f"{_cell(by_point[pt].get(p), 'bwd')}" for p in peers]
+           for pt in points]
+  lines = [f"{meta['device']} ({meta['backend']}), {meta['dtype']}, {meta['tokens']} tokens "
+           f"per batch, hidden {meta['hidden']}", "", "TFLOP/s, fwd / bwd:"]
+  lines += _format(["hdim", "causal", "seqlen"] + peers, speed)
+  if flash:
+    ratios = []
+    for pt in points:
+      recs, row = by_point[pt], key_cols(*pt)
+      get = lambda p, d: recs[p][f"{d}_tflops"] if p in recs else None
+      for f in flash:
+        row.append(" / ".join(_ratio(get(f, d), get("cudnn", d)) for d in ("fwd", "bwd")))
+        row.append(" / ".join(_ratio(get(f, d), _best(get("cudnn", d), get("fa3", d)))
+                              for d in ("fwd", "bwd")))
+      ratios.append(row)
+    head = ["hdim", "causal", "seqlen"]
+    head += [f"{f.removeprefix('jax_flash_')} / {ref}" for f in flash for ref in ("cudnn", "best")]
+    lines += ["", "jax_flash / peer, fwd / bwd (best = the faster of cudnn and fa3 there):"]
+    lines += _format(head, ratios)
+  reasons = {}
+  for r in records:
+    for d in ("fwd", "bwd"):
+      err = r[f"{d}_error"]
+      if err and not err.startswith("skipped"):
+        pts = reasons.setdefault((r["peer"], err), {})
+        pts.setdefault((r["head_dim"], int(r["causal"]), d), []).append(str(r["seqlen"]))
+  if reasons:
+    lines.append("\nFailures (hdim/causal/seqlens; a peer is not retried at longer seqlens):")
+    for (peer, err), pts in reasons.items():
+      where = ", ".join(f"{h}/{c}/{','.join(ts)} {d}" for (h, c, d), ts in pts.items())
+      lines.append(f"  {peer} at {where}: {err}")
+  for r in records:
+    if (r.get("rel_err") or 0) > REL_ERR_FLAG:
+      lines.append(f"WARNING: {r['peer']} fwd output differs from {r['rel_err_ref']}'s by "
+                   f"{r['rel_err']:.3f} of its max at {r['head_dim']}/{int(r['causal'])}/"
+                   f"{r['seqlen']}")
+  return "\n".join(lines)
+
+
+def plot(meta, records, path):
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  head_dims = sorted({r["head_dim"] for r in records})
+  causals = sorted({r["causal"] for r in records})
+  peers = list(dict.fromkeys(r["peer"] for r in records))
+  rows = [(d, c) for d in ("fwd", "bwd") for c in causals]
+  fig, axes = plt.subplots(len(rows), len(head_dims), squeeze=False,
+                           figsize=(4.2 * len(head_dims), 3.2 * len(rows)))
+  styles = {p: dict(marker="os^vDP*X"[i % 8], color=PEER_COLORS.get(p, f"C{i}"),
+                   linewidth=2.2 if p.startswith("jax_flash") else 1.3)
+            for i, p in enumerate(peers)}
+  for (d, c), ax_row in zip(rows, axes):
+    for h, ax in zip(head_dims, ax_row):
+      for p in peers:
+        pts = sorted((r["seqlen"], r[f"{d}_tflops"]) for r in records if r["peer"] == p
+                     and r["head_dim"] == h and r["causal"] == c and r[f"{d}_tflops"])
+        if pts:
+          ax.plot(*zip(*pts), label=p, **styles[p])
+      ax.set_xscale("log", base=2)
+      seqlens = sorted({r["seqlen"] for r in records})
+      ax.set_xticks(seqlens, [f"{s // 1024}k" if s >= 1024 else str(s) for s in seqlens])
+      ax.set_ylim(bottom=0)
+      ax.grid(alpha=0.3)
+      ax.set_title(f"{d}, head dim {h}, {'causal' if c else 'non-causal'}", fontsize=10)
+      ax.set_xlabel("seqlen")
+      ax.set_ylabel("TFLOP/s")
+  handles = {l: hd for ax in axes.flat for hd, l in zip(*ax.get_legend_handles_labels())}
+  handles = {p: handles[p] for p in peers if p in handles}
+  height = fig.get_figheight()
+  fig.suptitle(f"{meta['device']}, {meta['dtype']}, {meta['tokens']} tokens per batch, "
+               f"hidden {meta['hidden']}: TFLOP/s", y=1 - 0.1 / height)
+  fig.legend(handles.values(), handles.keys(), loc="upper center", ncol=len(handles),
+             bbox_to_anchor=(0.5, 1 - 0.4 / height), frameon=False)
+  fig.tight_layout(rect=(0, 0, 1, 1 - 0.75 / height))
+  fig.savefig(path, dpi=110, bbox_inches="tight")
+  plt.close(fig)
+
+
+def write_outputs(meta, records, out_dir, with_plot=True):
+  os.makedirs(out_dir, exist_ok=True)
+  with open(os.path.join(out_dir, "results.json"), "w") as f:
+    json.dump(dict(meta=meta, results=records), f, indent=1)
+  fields = list(dict.fromkeys(k for r in records for k in r))
+  with open(os.path.join(out_dir, "results.csv"), "w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(records)
+  if with_plot:
+    plot(meta, records, os.path.join(out_dir, "results.png"))
+  table = render_table(meta, records)
+  with open(os.path.join(out_dir, "table.txt"), "w") as f:
+    f.write(table + "\n")
+  return table
+
+
+# -- peak memory --------------------------------------------------------------------
+
+
+def memory_point(peer_name: str, seqlen: int, dtype, smoke: bool) -> dict:
+  """Runs in a fresh process (the allocator's peak cannot be reset): fwd+bwd once."""
+  cfg = MEMORY_SMOKE if smoke else MEMORY
+  on_gpu = jax.default_backend() == "gpu"
+  peer = next(p for p in _flash_peers(on_gpu) if p.name == peer_name)
+  shape = (1, seqlen, cfg["heads"], cfg["head_dim"])
+  keys = jax.random.split(jax.random.key(0), 4)
+  args = [jax.block_until_ready(jax.random.normal(key, shape, dtype)) for key in keys]
+  dev = jax.devices()[0]
+  before = (dev.memory_stats() or {}).get("bytes_in_use")
+
+  def fwd_bwd(q, k, v, do):
+    out, vjp = jax.vjp(lambda *x: peer.fn(*x, False), q, k, v)
+    return out, vjp(do)
+
+  with forced_arch(peer.arch):
+    compiled = jax.jit(fwd_bwd).lower(*args).compile()
+    jax.block_until_ready(compiled(*args))
+  analysis = compiled.memory_analysis()
+  compiled_bytes = None if analysis is None else (
+      analysis.temp_size_in_bytes + analysis.argument_size_in_bytes
+      + analysis.output_size_in_bytes - analysis.alias_size_in_bytes)
+  peak = (dev.memory_stats() or {}).get("peak_bytes_in_use")
+  return dict(peer=peer_name, seqlen=seqlen, shape=list(shape), peak_bytes_in_use=peak,
+              inputs_bytes_in_use=before, compiled_bytes=compiled_bytes,
+              compiled_temp_bytes=None if analysis is None else analysis.temp_size_in_bytes)
+
+
+def memory_mode(args, meta):
+  cfg = MEMORY_SMOKE if args.smoke else MEMORY
+  rows = []
+  for peer in _flash_peers(meta["backend"] == "gpu"):
+    for seqlen in cfg["seqlens"]:
+      cmd = [sys.executable, os.path.abspath(__file__), "--memory-point",
+             f"{peer.name}:{seqlen}", "--dtype", args.dtype] + (["--smoke"] if args.smoke else [])
+      proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+      found = [l for l in proc.stdout.splitlines() if l.startswith("MEMORY_RESULT ")]
+      if found:
+        rows.append(json.loads(found[-1].split(" ", 1)[1]))
+      else:
+        tail = " ".join((proc.stderr or proc.stdout).strip().splitlines()[-3:])
+        rows.append(dict(peer=peer.name, seqlen=seqlen,
+                         error=("OOM" if "RESOURCE_EXHAUSTED" in tail else tail[-300:])))
+  mib = lambda x: "n/a" if x is None else f"{x / 2**20:,.0f}"
+  print(f"\nPeak memory of fwd+bwd, {meta['device']}, {args.dtype}, batch 1, "
+        f"{cfg['heads']} heads, head dim {cfg['head_dim']} (MiB):")
+  print(f"{'peer':>16} {'seqlen':>7} {'peak_in_use':>12} {'inputs':>8} {'compiled':>9} "
+        f"{'temp':>8}  growth vs shortest (peak, seqlen)")
+  base = {}
+  for r in rows:
+    if "error" in r:
+      print(f"{r['peer']:>16} {r['seqlen']:>7}  failed: {r['error']}")
+      continue
+    b = base.setdefault(r["peer"], r)
+    peak_key = "peak_bytes_in_use" if r["peak_bytes_in_use"] else "compiled_bytes"
+    growth = (f"{r[peak_key] / b[peak_key]:.2f}x ({peak_key}), {r['seqlen'] / b['seqlen']:.0f}x"
+              if r[peak_key] and b[peak_key] else "-")
+    print(f"{r['peer']:>16} {r['seqlen']:>7} {mib(r['peak_bytes_in_use']):>12} "
+          f"{mib(r['inputs_bytes_in_use']):>8} {mib(r['compiled_bytes']):>9} "
+          f"{mib(r['compiled_temp_bytes']):>8}  {growth}")
+  os.makedirs(args.out, exist_ok=True)
+  with open(os.path.join(args.out, "memory.json"), "w") as f:
+    json.dump(dict(meta=meta, results=rows), f, indent=1)
+
+
+# -- main ---------------------------------------------------------------------------
+
+
+def _ints(text):
+  return tuple(int(x) for x in text.split(",") if x)
+
+
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--smoke", action="store_true", help="tiny shapes for a CPU check")
+  p.add_argument("--seqlens", type=_ints, help="e.g. 512,1024 (default: the protocol's)")
+  p.add_argument("--head-dims", type=_ints, help="e.g. 64,128 (default: 64,128,256)")
+  p.add_argument("--causal", choices=("0", "1", "both"), default="both")
+  p.add_argument("--peers", default=",".join(FAMILIES),
+                 help=f"families {FAMILIES} or column names such as jax_flash_sm80")
+  p.add_argument("--directions", default="fwd,bwd")
+  p.add_argument("--dtype", choices=("bf16", "fp16"), default="bf16")
+  p.add_argument("--out", default="bench_out")
+  p.add_argument("--memory", action="store_true", help="peak memory of fwd+bwd instead")
+  p.add_argument("--memory-point", help=argparse.SUPPRESS)  # internal: PEER:SEQLEN
+  p.add_argument("--from-json", nargs="+", metavar="JSON",
+                 help="re-render table/CSV/plot from results.json files of earlier runs")
+  args = p.parse_args(argv)
+  args.directions = [d for d in args.directions.split(",") if d]
+  if not args.directions or set(args.directions) - {"fwd", "bwd"}:
+    p.error(f"--directions must be a comma list of fwd, bwd; got {args.directions}")
+  args.peers = [x for x in args.peers.split(",") if x]
+  return args
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  dtype = jnp.bfloat16 if args.dtype == "bf16" else jnp.float16
+  if args.memory_point:
+    name, seqlen = args.memory_point.rsplit(":", 1)
+    print("MEMORY_RESULT " + json.dumps(memory_point(name, int(seqlen), dtype, args.smoke)))
+    return
+  if args.from_json:
+    loaded = [json.load(open(path)) for path in args.from_json]
+    meta = dict(loaded[0]["meta"], sources=args.from_json)
+    print(write_outputs(meta, [r for x in loaded for r in x["results"]], args.out))
+    return
+  grid = SMOKE if args.smoke else FULL
+  meta = dict(device=jax.devices()[0].device_kind, backend=jax.default_backend(),
+              jax=jax.__version__, dtype=args.dtype, tokens=grid["tokens"],
+              hidden=grid["hidden"], command=" ".join(sys.argv),
+              date=time.strftime("%Y-%m-%d %H:%M:%S"),
+              protocol=f"{WARMUP} warm-ups, median of {REPEATS} x {CALLS} enqueued calls")
+  print(f"device: {meta['device']} ({meta['backend']}), jax {meta['jax']}")
+  if args.memory:
+    memory_mode(args, meta)
+    return
+  from tqdm import tqdm
+
+  peers = make_peers(args.peers, meta["backend"] == "gpu")
+  causals = {"0": (False,), "1": (True,), "both": (False, True)}[args.causal]
+  points = [dict(head_dim=h, causal=c, seqlen=t, batch=grid["tokens"] // t,
+                 heads=grid["hidden"] // h)
+            for h in args.head_dims or grid["head_dims"] for c in causals
+            for t in args.seqlens or grid["seqlens"]]
+  bad = [p for p in points if p["batch"] < 1 or p["heads"] < 1]
+  if bad:
+    raise ValueError(f"seqlen must be <= {grid['tokens']} tokens and head dim <= hidden "
+                     f"{grid['hidden']}; got {bad[0]}")
+  records, failed, start = [], {}, time.perf_counter()
+  try:
+    for point in (bar := tqdm(points, unit="point")):
+      bar.set_postfix_str(f"hdim {point['head_dim']} causal {int(point['causal'])} "
+                          f"seqlen {point['seqlen']}")
+      run_point(peers, point, dtype, args.directions, failed, records)
+      # Rewritten after every point: a run stopped by a time limit keeps what it measured.
+      write_outputs(meta, records, args.out, with_plot=False)
+  finally:
+    meta["elapsed_s"] = round(time.perf_counter() - start, 1)
+    if records:
+      print(write_outputs(meta, records, args.out))
+      print(f"\n{len({(r['head_dim'], r['causal'], r['seqlen']) for r in records})} of "
+            f"{len(points)} points in {meta['elapsed_s']} s; wrote results.json, results.csv, "
+            f"results.png, table.txt to {args.out}/")
+
+
+if __name__ == "__main__":
+  main()
