@@ -397,8 +397,8 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) bwd_kernel(const __grid_cons
             const uint32_t o = off + (mt * 16 + half * 8) * (kBc * 2);
             const uint32_t pv = pack2<Element>(s[mt][nt][2 * half], s[mt][nt][2 * half + 1]);
             const uint32_t dsv = pack2<Element>(dp[mt][nt][2 * half], dp[mt][nt][2 * half + 1]);
-            asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(sP + o), "r"(pv));
-            asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(sDS + o), "r"(dsv));
+            asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(sP + o), "r"(pv) : "memory");
+            asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(sDS + o), "r"(dsv) : "memory");
           }
         }
       }

@@ -1,0 +1,508 @@
+// Standalone check and timing of the sm80 backward kernel (no JAX needed).
+//
+//   nvcc -std=c++17 -O3 --use_fast_math --expt-relaxed-constexpr \
+//     -gencode arch=compute_90,code=sm_90 -I csrc -I <cutlass>/include \
+//     tests/cuda/bwd_check.cu -o out/bwd_check
+//   out/bwd_check [check|time|quick]   (default: check then time)
+//
+// check: fresh random inputs per case; a naive float32 GPU reference gives lse, delta and
+//   dq/dk/dv; a second naive pass rounds every intermediate to the input dtype (what a
+//   plain implementation in that dtype computes). A case passes when, for each gradient,
+//   max|kernel - ref32| <= 2 * max|lowp - ref32| + 1e-5 and nothing is NaN. dK/dV are
+//   poisoned with NaN first, so unwritten elements fail; each case runs twice and dK/dV
+//   must match bit for bit (dQ is atomically accumulated, so only to rounding).
+// time: the benchmark shapes (16k tokens, hidden 2048), kernel alone, median of 5 x 10.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "sm80/bwd_launch.cuh"
+
+using jax_flash::BwdParams;
+using jax_flash::kUnbounded;
+using jax_flash::sm80::BwdConfig;
+using jax_flash::sm80::BwdTraits;
+using jax_flash::sm80::launch_bwd;
+using bf16 = cutlass::bfloat16_t;
+using fp16 = cutlass::half_t;
+
+#define CK(x)                                                                          \
+  do {                                                                                 \
+    cudaError_t e_ = (x);                                                              \
+    if (e_ != cudaSuccess) {                                                           \
+      std::printf("CUDA error %s at %s:%d: %s\n", cudaGetErrorString(e_), __FILE__,    \
+                  __LINE__, #x);                                                       \
+      std::exit(2);                                                                    \
+    }                                                                                  \
+  } while (0)
+
+// ------------------------------------------------------------------------------------
+// Naive reference (one thread per row), float32 accumulation. With lowp, every
+// intermediate is rounded to E as a plain implementation in E would store it.
+
+template <typename E>
+__device__ float rnd(float x, bool lowp) {
+  return lowp ? static_cast<float>(E(x)) : x;
+}
+
+__device__ bool visible(const BwdParams& p, int i, int j) {
+  return j >= 0 && j < p.s && (p.window_left >= kUnbounded || j >= i - p.window_left) &&
+         (p.window_right >= kUnbounded || j <= i + p.window_right);
+}
+
+template <typename E>
+__device__ float dot_rows(const E* a, const E* b, int h) {
+  float acc = 0.f;
+  for (int x = 0; x < h; ++x) acc += static_cast<float>(a[x]) * static_cast<float>(b[x]);
+  return acc;
+}
+
+template <typename E>
+__device__ const E* q_row(const BwdParams& p, int b, int n, int i) {
+  return static_cast<const E*>(p.q) + b * p.q_batch_stride + n * p.q_head_stride + int64_t{i} * p.q_row_stride;
+}
+template <typename E>
+__device__ const E* do_row(const BwdParams& p, int b, int n, int i) {
+  return static_cast<const E*>(p.dout) + b * p.do_batch_stride + n * p.do_head_stride + int64_t{i} * p.do_row_stride;
+}
+template <typename E>
+__device__ const E* k_row(const BwdParams& p, int b, int kh, int j) {
+  return static_cast<const E*>(p.k) + b * p.k_batch_stride + kh * p.k_head_stride + int64_t{j} * p.k_row_stride;
+}
+template <typename E>
+__device__ const E* v_row(const BwdParams& p, int b, int kh, int j) {
+  return static_cast<const E*>(p.v) + b * p.v_batch_stride + kh * p.v_head_stride + int64_t{j} * p.v_row_stride;
+}
+
+__device__ float score(float raw, const BwdParams& p) { return raw * p.scale; }
+
+// lse[b,n,i]; delta[b,n,i] = sum(dO * O) with O from this pass.
+template <typename E>
+__global__ void ref_forward(BwdParams p, bool lowp, float* lse, float* delta) {
+  const int64_t row = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  if (row >= int64_t{p.b} * p.n * p.t) return;
+  const int i = row % p.t, n = (row / p.t) % p.n, b = row / (int64_t{p.t} * p.n);
+  const int kh = n / p.group;
+  const E* q = q_row<E>(p, b, n, i);
+  float mx = -INFINITY;
+  for (int j = 0; j < p.s; ++j)
+    if (visible(p, i, j)) mx = fmaxf(mx, rnd<E>(score(dot_rows(q, k_row<E>(p, b, kh, j), p.h), p), lowp));
+  float l = -INFINITY, dsum = 0.f;
+  if (mx != -INFINITY) {
+    float sum = 0.f;
+    for (int j = 0; j < p.s; ++j)
+      if (visible(p, i, j))
+        sum += expf(rnd<E>(score(dot_rows(q, k_row<E>(p, b, kh, j), p.h), p), lowp) - mx);
+    l = mx + logf(sum);
+    float o[256];
+    for (int x = 0; x < p.h; ++x) o[x] = 0.f;
+    for (int j = 0; j < p.s; ++j) {
+      if (!visible(p, i, j)) continue;
+      const float pr = rnd<E>(expf(rnd<E>(score(dot_rows(q, k_row<E>(p, b, kh, j), p.h), p), lowp) - l), lowp);
+      const E* v = v_row<E>(p, b, kh, j);
+      for (int x = 0; x < p.h; ++x) o[x] += pr * static_cast<float>(v[x]);
+    }
+    const E* dout = do_row<E>(p, b, n, i);
+    for (int x = 0; x < p.h; ++x) dsum += static_cast<float>(dout[x]) * rnd<E>(o[x], lowp);
+  }
+  lse[row] = l;
+  delta[row] = dsum;
+}
+
+// P, dS of one (i, j) pair, as the reference computes them.
+template <typename E>
+__device__ void ref_pds(const BwdParams& p, bool lowp, const float* lse, const float* delta,
+                        int b, int n, int i, int j, float& pr, float& ds) {
+  const int kh = n / p.group;
+  const int64_t row = (int64_t{b} * p.n + n) * p.t + i;
+  const float s = rnd<E>(score(dot_rows(q_row<E>(p, b, n, i), k_row<E>(p, b, kh, j), p.h), p), lowp);
+  pr = rnd<E>(expf(s - lse[row]), lowp);
+  const float dp = rnd<E>(dot_rows(do_row<E>(p, b, n, i), v_row<E>(p, b, kh, j), p.h), lowp);
+  ds = rnd<E>(pr * (dp - delta[row]), lowp);
+}
+
+// dq dense [B, T, N, H].
+template <typename E>
+__global__ void ref_dq(BwdParams p, bool lowp, const float* lse, const float* delta, float* dq) {
+  const int64_t row = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  if (row >= int64_t{p.b} * p.n * p.t) return;
+  const int i = row % p.t, n = (row / p.t) % p.n, b = row / (int64_t{p.t} * p.n);
+  float acc[256];
+  for (int x = 0; x < p.h; ++x) acc[x] = 0.f;
+  for (int j = 0; j < p.s; ++j) {
+    if (!visible(p, i, j) || lse[row] == -INFINITY) continue;
+    float pr, ds;
+    ref_pds<E>(p, lowp, lse, delta, b, n, i, j, pr, ds);
+    const E* k = k_row<E>(p, b, n / p.group, j);
+    for (int x = 0; x < p.h; ++x) acc[x] += ds * static_cast<float>(k[x]);
+  }
+  float* out = dq + ((int64_t{b} * p.t + i) * p.n + n) * p.h;
+  for (int x = 0; x < p.h; ++x) out[x] = rnd<E>(acc[x] * p.scale, lowp);
+}
+
+// dk, dv dense [B, S, K, H].
+template <typename E>
+__global__ void ref_dkv(BwdParams p, bool lowp, const float* lse, const float* delta, float* dk,
+                        float* dv) {
+  const int64_t row = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  if (row >= int64_t{p.b} * p.n_kv * p.s) return;
+  const int j = row % p.s, kh = (row / p.s) % p.n_kv, b = row / (int64_t{p.s} * p.n_kv);
+  float ak[256], av[256];
+  for (int x = 0; x < p.h; ++x) ak[x] = av[x] = 0.f;
+  for (int n = kh * p.group; n < (kh + 1) * p.group; ++n) {
+    for (int i = 0; i < p.t; ++i) {
+      if (!visible(p, i, j) || lse[(int64_t{b} * p.n + n) * p.t + i] == -INFINITY) continue;
+      float pr, ds;
+      ref_pds<E>(p, lowp, lse, delta, b, n, i, j, pr, ds);
+      const E* q = q_row<E>(p, b, n, i);
+      const E* dout = do_row<E>(p, b, n, i);
+      for (int x = 0; x < p.h; ++x) {
+        ak[x] += ds * static_cast<float>(q[x]);
+        av[x] += pr * static_cast<float>(dout[x]);
+      }
+    }
+  }
+  float* ok = dk + ((int64_t{b} * p.s + j) * p.n_kv + kh) * p.h;
+  float* ov = dv + ((int64_t{b} * p.s + j) * p.n_kv + kh) * p.h;
+  for (int x = 0; x < p.h; ++x) {
+    ok[x] = rnd<E>(ak[x] * p.scale, lowp);
+    ov[x] = rnd<E>(av[x], lowp);
+  }
+}
+
+// ------------------------------------------------------------------------------------
+// Check cases.
+
+struct Case {
+  const char* name;
+  int b, t, s, n, n_kv, h;
+  int wl, wr;      // kUnbounded = none
+  int row_pad;     // extra elements per row of q/k/v/dO (strided, non-dense layout)
+};
+
+template <typename E>
+struct DeviceBuf {
+  E* ptr = nullptr;
+  size_t count = 0;
+  explicit DeviceBuf(size_t n) : count(n) { CK(cudaMalloc(&ptr, std::max<size_t>(n, 1) * sizeof(E))); }
+  ~DeviceBuf() { cudaFree(ptr); }
+  DeviceBuf(const DeviceBuf&) = delete;
+  DeviceBuf& operator=(const DeviceBuf&) = delete;
+};
+
+template <typename E>
+std::vector<float> to_host_float(const E* d, size_t n) {
+  std::vector<E> h(n);
+  CK(cudaMemcpy(h.data(), d, n * sizeof(E), cudaMemcpyDeviceToHost));
+  std::vector<float> f(n);
+  for (size_t x = 0; x < n; ++x) f[x] = static_cast<float>(h[x]);
+  return f;
+}
+
+struct ErrStat {
+  double max_abs = 0, num = 0, den = 0;
+  bool nan = false;
+  void add(double got, double ref) {
+    if (std::isnan(got)) nan = true;
+    max_abs = std::max(max_abs, std::fabs(got - ref));
+    num += (got - ref) * (got - ref);
+    den += ref * ref;
+  }
+  double rel() const { return den > 0 ? std::sqrt(num / den) : std::sqrt(num); }
+};
+
+static std::mt19937_64 g_rng(20261121);
+
+// Runs one case with config Cfg; returns true on pass.
+template <typename E, typename Cfg>
+bool run_case(const Case& c, const char* cfg_name) {
+  const int g = c.n / c.n_kv;
+  const int row_q = c.n * c.h + c.row_pad;   // q, dO row stride (elements)
+  const int row_k = c.n_kv * c.h + c.row_pad;
+  const size_t nq = size_t(c.b) * c.t * row_q, nk = size_t(c.b) * c.s * row_k;
+  std::normal_distribution<float> nd(0.f, 1.f);
+  auto fill = [&](size_t n) {
+    std::vector<E> h(n);
+    for (auto& x : h) x = E(nd(g_rng));
+    return h;
+  };
+  DeviceBuf<E> q(nq), k(nk), v(nk), dout(nq);
+  for (auto* buf : {&q, &dout}) {
+    auto h = fill(nq);
+    CK(cudaMemcpy(buf->ptr, h.data(), nq * sizeof(E), cudaMemcpyHostToDevice));
+  }
+  for (auto* buf : {&k, &v}) {
+    auto h = fill(nk);
+    CK(cudaMemcpy(buf->ptr, h.data(), nk * sizeof(E), cudaMemcpyHostToDevice));
+  }
+  const size_t rows = size_t(c.b) * c.n * c.t;
+  const size_t n_dq = size_t(c.b) * c.t * c.n * c.h, n_dk = size_t(c.b) * c.s * c.n_kv * c.h;
+  DeviceBuf<float> lse(rows), delta(rows), lse_lp(rows), delta_lp(rows);
+  DeviceBuf<float> rdq(n_dq), rdk(n_dk), rdv(n_dk), ldq(n_dq), ldk(n_dk), ldv(n_dk);
+  DeviceBuf<float> dq_accum(n_dq);
+  DeviceBuf<E> dk(n_dk), dv(n_dk);
+
+  BwdParams p{};
+  p.q = q.ptr; p.k = k.ptr; p.v = v.ptr; p.dout = dout.ptr;
+  p.q_batch_stride = int64_t{c.t} * row_q; p.q_row_stride = row_q; p.q_head_stride = c.h;
+  p.k_batch_stride = int64_t{c.s} * row_k; p.k_row_stride = row_k; p.k_head_stride = c.h;
+  p.v_batch_stride = p.k_batch_stride; p.v_row_stride = row_k; p.v_head_stride = c.h;
+  p.do_batch_stride = p.q_batch_stride; p.do_row_stride = row_q; p.do_head_stride = c.h;
+  p.b = c.b; p.t = c.t; p.s = c.s; p.n = c.n; p.n_kv = c.n_kv; p.h = c.h; p.hv = c.h;
+  p.group = g;
+  p.scale = 1.f / std::sqrt(float(c.h));
+  p.scale_log2 = p.scale * 1.4426950408889634f;
+  p.window_left = c.wl; p.window_right = c.wr;
+  p.is_causal = c.wl == kUnbounded && c.wr == 0;
+  p.dtype = std::is_same_v<E, bf16> ? jax_flash::DType::kBFloat16 : jax_flash::DType::kFloat16;
+  p.num_sms = 0;
+  p.dq_accum = dq_accum.ptr;
+  p.dk = dk.ptr; p.dv = dv.ptr;
+  p.dq_batch_stride = int64_t{c.t} * c.n * c.h; p.dq_row_stride = int64_t{c.n} * c.h; p.dq_head_stride = c.h;
+  p.dk_batch_stride = int64_t{c.s} * c.n_kv * c.h; p.dk_row_stride = int64_t{c.n_kv} * c.h; p.dk_head_stride = c.h;
+  p.dv_batch_stride = p.dk_batch_stride; p.dv_row_stride = p.dk_row_stride; p.dv_head_stride = c.h;
+
+  const int thr = 128;
+  auto blocks = [&](size_t n) { return unsigned((n + thr - 1) / thr); };
+  for (bool lowp : {false, true}) {
+    float* l = lowp ? lse_lp.ptr : lse.ptr;
+    float* d = lowp ? delta_lp.ptr : delta.ptr;
+    if (rows) {
+      ref_forward<E><<<blocks(rows), thr>>>(p, lowp, l, d);
+      CK(cudaGetLastError());
+      ref_dq<E><<<blocks(rows), thr>>>(p, lowp, l, d, lowp ? ldq.ptr : rdq.ptr);
+      CK(cudaGetLastError());
+    }
+    const size_t kv_rows = size_t(c.b) * c.n_kv * c.s;
+    if (kv_rows) {
+      ref_dkv<E><<<blocks(kv_rows), thr>>>(p, lowp, l, d, lowp ? ldk.ptr : rdk.ptr, lowp ? ldv.ptr : rdv.ptr);
+      CK(cudaGetLastError());
+    }
+  }
+  p.lse = lse.ptr;
+  p.delta = delta.ptr;
+
+  std::vector<float> got_dq[2], got_dk[2], got_dv[2];
+  for (int rep = 0; rep < 2; ++rep) {
+    CK(cudaMemset(dq_accum.ptr, 0, n_dq * sizeof(float)));
+    CK(cudaMemset(dk.ptr, 0xFF, n_dk * sizeof(E)));  // NaN in fp16 and bf16
+    CK(cudaMemset(dv.ptr, 0xFF, n_dk * sizeof(E)));
+    CK((launch_bwd<E, Cfg>(p, 0)));
+    CK(cudaDeviceSynchronize());
+    got_dq[rep].resize(n_dq);
+    CK(cudaMemcpy(got_dq[rep].data(), dq_accum.ptr, n_dq * sizeof(float), cudaMemcpyDeviceToHost));
+    for (auto& x : got_dq[rep]) x = static_cast<float>(E(x));  // the final cast XLA applies
+    got_dk[rep] = to_host_float(dk.ptr, n_dk);
+    got_dv[rep] = to_host_float(dv.ptr, n_dk);
+  }
+  auto host = [](const DeviceBuf<float>& b) {
+    std::vector<float> h(b.count);
+    CK(cudaMemcpy(h.data(), b.ptr, b.count * sizeof(float), cudaMemcpyDeviceToHost));
+    return h;
+  };
+  const auto h_rdq = host(rdq), h_rdk = host(rdk), h_rdv = host(rdv);
+  const auto h_ldq = host(ldq), h_ldk = host(ldk), h_ldv = host(ldv);
+
+  bool ok = true;
+  std::string msg;
+  auto judge = [&](const char* what, const std::vector<float>& got, const std::vector<float>& ref,
+                   const std::vector<float>& lp) {
+    ErrStat ek, el;
+    for (size_t x = 0; x < ref.size(); ++x) {
+      ek.add(got[x], ref[x]);
+      el.add(lp[x], ref[x]);
+    }
+    const bool pass = !ek.nan && ek.max_abs <= 2 * el.max_abs + 1e-5;
+    ok = ok && pass;
+    char buf[160];
+    std::snprintf(buf, sizeof buf, " %s %.2e/%.2e(rel %.1e)%s", what, ek.max_abs, el.max_abs,
+                  ek.rel(), pass ? "" : (ek.nan ? " NaN!" : " FAIL"));
+    msg += buf;
+  };
+  judge("dq", got_dq[0], h_rdq, h_ldq);
+  judge("dk", got_dk[0], h_rdk, h_ldk);
+  judge("dv", got_dv[0], h_rdv, h_ldv);
+  const bool same_kv = std::memcmp(got_dk[0].data(), got_dk[1].data(), n_dk * sizeof(float)) == 0 &&
+                       std::memcmp(got_dv[0].data(), got_dv[1].data(), n_dk * sizeof(float)) == 0;
+  double dq_rep = 0;
+  for (size_t x = 0; x < n_dq; ++x) dq_rep = std::max(dq_rep, double(std::fabs(got_dq[0][x] - got_dq[1][x])));
+  if (!same_kv) { ok = false; msg += " dK/dV differ between runs!"; }
+  std::printf("%s %-5s %-22s %-26s b%d t%d s%d n%d k%d h%d wl%d wr%d:%s dqrep %.1e\n",
+              ok ? "PASS" : "FAIL", std::is_same_v<E, bf16> ? "bf16" : "fp16", cfg_name, c.name,
+              c.b, c.t, c.s, c.n, c.n_kv, c.h, c.wl == kUnbounded ? -1 : c.wl,
+              c.wr == kUnbounded ? -1 : c.wr, msg.c_str(), dq_rep);
+  if (!ok) {
+    // Where the first dK error sits, to localize indexing bugs.
+    for (size_t x = 0; x < n_dk; ++x) {
+      if (!(std::fabs(got_dk[0][x] - h_rdk[x]) <= 2 * std::fabs(h_ldk[x] - h_rdk[x]) + 1e-2)) {
+        const int hh = x % c.h, kh = (x / c.h) % c.n_kv, j = (x / (c.h * c.n_kv)) % c.s;
+        std::printf("    first dk mismatch: j=%d kvh=%d col=%d got %g ref %g\n", j, kh, hh, got_dk[0][x], h_rdk[x]);
+        break;
+      }
+    }
+    for (size_t x = 0; x < n_dq; ++x) {
+      if (!(std::fabs(got_dq[0][x] - h_rdq[x]) <= 2 * std::fabs(h_ldq[x] - h_rdq[x]) + 1e-2)) {
+        const int hh = x % c.h, n = (x / c.h) % c.n, i = (x / (c.h * c.n)) % c.t;
+        std::printf("    first dq mismatch: i=%d head=%d col=%d got %g ref %g\n", i, n, hh, got_dq[0][x], h_rdq[x]);
+        break;
+      }
+    }
+  }
+  return ok;
+}
+
+constexpr int U = kUnbounded;
+
+template <typename E, typename Cfg>
+int run_cases(const char* cfg_name, bool quick) {
+  constexpr int H = Cfg::kHeadDim;
+  const std::vector<Case> cases = {
+      {"dense", 2, 256, 256, 2, 2, H, U, U, 0},
+      {"gqa causal h<H odd T,S", 1, 200, 333, 4, 2, H - 24, U, 0, 0},
+      {"mqa window", 1, 517, 129, 3, 1, H, 40, 7, 0},
+      {"empty rows (T>S, band 0)", 2, 300, 100, 2, 2, H, 0, 0, 0},
+      {"one query", 1, 1, 1000, 2, 1, H, U, U, 0},
+      {"one key causal", 1, 1000, 1, 2, 2, H, U, 0, 0},
+      {"causal multi-block", 1, 1024, 1024, 2, 1, H, U, 0, 0},
+      {"strided rows, T<S causal", 2, 190, 450, 2, 2, H - 8, U, 0, 24},
+      {"window left only", 1, 700, 700, 2, 2, H, 100, U, 0},
+      {"empty T", 1, 0, 130, 2, 2, H, U, U, 0},
+  };
+  int fails = 0;
+  for (size_t x = 0; x < cases.size(); ++x) {
+    if (quick && x != 1 && x != 2) continue;
+    fails += !run_case<E, Cfg>(cases[x], cfg_name);
+  }
+  return fails;
+}
+
+// ------------------------------------------------------------------------------------
+// Timing at the benchmark shapes.
+
+__global__ void fill_normal_bf16(bf16* x, size_t n, uint64_t seed) {
+  for (size_t idx = blockIdx.x * size_t(blockDim.x) + threadIdx.x; idx < n; idx += size_t(gridDim.x) * blockDim.x) {
+    uint64_t h = (idx + 1) * 0x9E3779B97F4A7C15ull ^ seed;
+    h ^= h >> 31; h *= 0xBF58476D1CE4E5B9ull; h ^= h >> 29; h *= 0x94D049BB133111EBull; h ^= h >> 32;
+    const float u1 = ((h & 0xFFFFFF) + 1) / 16777217.f, u2 = ((h >> 24) & 0xFFFFFF) / 16777216.f;
+    x[idx] = bf16(sqrtf(-2.f * logf(u1)) * cospif(2.f * u2));
+  }
+}
+
+// lse ~ log(visible keys) + 0.5 (q.k * scale ~ N(0, 1)), so P has realistic magnitudes.
+__global__ void fill_stats(float* lse, float* delta, int rows, int t, int s, bool causal) {
+  for (int idx = blockIdx.x * blockDim.x + threadIdx.x; idx < rows; idx += gridDim.x * blockDim.x) {
+    const int i = idx % t;
+    const int cnt = causal ? min(i + 1, s) : s;
+    lse[idx] = logf(float(cnt)) + 0.5f;
+    delta[idx] = 0.1f * cospif(idx * 0.37f);
+  }
+}
+
+template <typename Cfg>
+void time_config(const char* cfg_name, const std::vector<int>& seqlens) {
+  constexpr int H = Cfg::kHeadDim;
+  const size_t tokens = 16384, hidden = 2048;
+  const size_t elems = tokens * hidden;
+  bf16 *q, *k, *v, *dout, *dk, *dv;
+  float *dq, *lse, *delta;
+  for (bf16** ptr : {&q, &k, &v, &dout, &dk, &dv}) CK(cudaMalloc(ptr, elems * sizeof(bf16)));
+  CK(cudaMalloc(&dq, elems * sizeof(float)));
+  CK(cudaMalloc(&lse, tokens * (hidden / H) * sizeof(float)));
+  CK(cudaMalloc(&delta, tokens * (hidden / H) * sizeof(float)));
+  uint64_t seed = 1;
+  for (bf16* ptr : {q, k, v, dout}) fill_normal_bf16<<<1024, 256>>>(ptr, elems, seed++);
+  CK(cudaMemset(dq, 0, elems * sizeof(float)));
+  cudaEvent_t e0, e1;
+  CK(cudaEventCreate(&e0));
+  CK(cudaEventCreate(&e1));
+  for (int causal = 0; causal < 2; ++causal) {
+    for (int t : seqlens) {
+      const int b = tokens / t, n = hidden / H;
+      BwdParams p{};
+      p.q = q; p.k = k; p.v = v; p.dout = dout; p.dq_accum = dq; p.dk = dk; p.dv = dv;
+      p.lse = lse; p.delta = delta;
+      const int64_t rs = int64_t{n} * H;
+      p.q_batch_stride = p.k_batch_stride = p.v_batch_stride = p.do_batch_stride = t * rs;
+      p.dq_batch_stride = p.dk_batch_stride = p.dv_batch_stride = t * rs;
+      p.q_row_stride = p.k_row_stride = p.v_row_stride = p.do_row_stride = rs;
+      p.dq_row_stride = p.dk_row_stride = p.dv_row_stride = rs;
+      p.q_head_stride = p.k_head_stride = p.v_head_stride = p.do_head_stride = H;
+      p.dq_head_stride = p.dk_head_stride = p.dv_head_stride = H;
+      p.b = b; p.t = t; p.s = t; p.n = n; p.n_kv = n; p.h = H; p.hv = H; p.group = 1;
+      p.scale = 1.f / std::sqrt(float(H));
+      p.scale_log2 = p.scale * 1.4426950408889634f;
+      p.window_left = kUnbounded;
+      p.window_right = causal ? 0 : kUnbounded;
+      p.is_causal = causal;
+      p.dtype = jax_flash::DType::kBFloat16;
+      fill_stats<<<256, 256>>>(lse, delta, b * n * t, t, t, causal);
+      CK(cudaGetLastError());
+      for (int w = 0; w < 2; ++w) CK((launch_bwd<bf16, Cfg>(p, 0)));
+      CK(cudaDeviceSynchronize());
+      std::vector<float> ms;
+      for (int rep = 0; rep < 5; ++rep) {
+        CK(cudaEventRecord(e0));
+        for (int it = 0; it < 10; ++it) CK((launch_bwd<bf16, Cfg>(p, 0)));
+        CK(cudaEventRecord(e1));
+        CK(cudaEventSynchronize(e1));
+        float elapsed;
+        CK(cudaEventElapsedTime(&elapsed, e0, e1));
+        ms.push_back(elapsed / 10);
+      }
+      std::sort(ms.begin(), ms.end());
+      const double flops = 10.0 * b * n * double(t) * t * H * (causal ? 0.5 : 1.0);
+      std::printf("TIME %-24s hdim %3d seqlen %5d %-10s %8.3f ms %6.1f TFLOP/s (spread %.1f%%)\n",
+                  cfg_name, H, t, causal ? "causal" : "noncausal", ms[2], flops / (ms[2] * 1e-3) / 1e12,
+                  100.0 * (ms[4] - ms[0]) / ms[2]);
+    }
+  }
+  for (void* ptr : {(void*)q, (void*)k, (void*)v, (void*)dout, (void*)dk, (void*)dv, (void*)dq,
+                    (void*)lse, (void*)delta})
+    CK(cudaFree(ptr));
+  CK(cudaEventDestroy(e0));
+  CK(cudaEventDestroy(e1));
+}
+
+// Alternative tile configurations timed beside the defaults.
+using H64_M64 = BwdConfig<64, 64, 128, 8, 2, 4, 2, true>;
+using H128_KV2 = BwdConfig<128, 64, 128, 8, 2, 2, 2, true>;
+
+int main(int argc, char** argv) {
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);  // keep lines if the run is cut off
+  const std::string mode = argc > 1 ? argv[1] : "all";
+  cudaDeviceProp prop;
+  CK(cudaGetDeviceProperties(&prop, 0));
+  std::printf("device: %s, %d SMs, smem opt-in %zu KB\n", prop.name, prop.multiProcessorCount,
+              prop.sharedMemPerBlockOptin / 1024);
+  int fails = 0;
+  if (mode == "all" || mode == "check" || mode == "quick") {
+    const bool quick = mode == "quick";
+    fails += run_cases<bf16, BwdTraits<64>::Config>("default", quick);
+    fails += run_cases<bf16, BwdTraits<128>::Config>("default", quick);
+    fails += run_cases<bf16, BwdTraits<256>::Config>("default", quick);
+    if (!quick) {
+      fails += run_cases<fp16, BwdTraits<64>::Config>("default", true);
+      fails += run_cases<fp16, BwdTraits<128>::Config>("default", true);
+      fails += run_cases<fp16, BwdTraits<256>::Config>("default", true);
+      fails += run_cases<bf16, H64_M64>("h64 Br64", true);
+      fails += run_cases<bf16, H128_KV2>("h128 kv-warps 2x4", true);
+    }
+    std::printf("CHECK %s: %d failing cases\n", fails ? "FAILED" : "passed", fails);
+  }
+  if (mode == "all" || mode == "time") {
+    const std::vector<int> seqlens = {1024, 2048, 4096, 8192, 16384};
+    time_config<BwdTraits<64>::Config>("h64 default 128x128", seqlens);
+    time_config<H64_M64>("h64 Br64", seqlens);
+    time_config<BwdTraits<128>::Config>("h128 default 64x128", seqlens);
+    time_config<H128_KV2>("h128 kv-warps 2x4", seqlens);
+    time_config<BwdTraits<256>::Config>("h256 default 64x64", {4096, 16384});
+  }
+  return fails ? 1 : 0;
+}

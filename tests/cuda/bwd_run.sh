@@ -1,0 +1,33 @@
+#!/bin/bash
+# Device-side driver for tests/cuda/bwd_check.cu: uses the binary built here in out/
+# (carried), or builds it on the device if that binary cannot run there.
+# usage: tests/cuda/bwd_run.sh [check|time|quick|all] [sanitize]
+set -o pipefail
+cd "$(dirname "$0")/../.."
+OUT=${OUT:-/tmp/bwd_out}; mkdir -p "$OUT"
+BIN=out/bwd_check
+nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,driver_version --format=csv,noheader
+if ! $BIN none >/dev/null 2>&1; then
+  python3 -c 'import cutlass_library' 2>/dev/null || {
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/nvidia_cutlass*.whl
+    export PYTHONPATH=/tmp/site; }
+  CUTLASS=$(python3 -c 'import cutlass_library, os; print(os.path.dirname(cutlass_library.__file__))')/source/include
+  echo "building on device (carried binary did not run)"
+  nvcc -std=c++17 -O3 --use_fast_math --expt-relaxed-constexpr -gencode arch=compute_90,code=sm_90 \
+    -I csrc -I "$CUTLASS" tests/cuda/bwd_check.cu -o /tmp/bwd_check || exit 1
+  BIN=/tmp/bwd_check
+fi
+mode=${1:-all}
+if [ "$mode" = all ] || [ "$mode" = check ] || [ "$mode" = quick ]; then
+  [ "$mode" = quick ] && cmode=quick || cmode=check
+  $BIN $cmode 2>&1 | tee "$OUT/check.txt"
+fi
+if [ "$mode" = all ] || [ "$mode" = time ]; then
+  $BIN time 2>&1 | tee "$OUT/time.txt"
+fi
+if [ "$2" = sanitize ]; then
+  timeout 120 compute-sanitizer --tool racecheck $BIN quick 2>&1 | tail -15 | tee "$OUT/race.txt"
+  if grep -q "CUDA error" "$OUT/check.txt" 2>/dev/null; then
+    timeout 120 compute-sanitizer --tool memcheck $BIN quick 2>&1 | head -40 | tee "$OUT/memcheck.txt"
+  fi
+fi
