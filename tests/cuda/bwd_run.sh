@@ -1,7 +1,7 @@
 #!/bin/bash
 # Device-side driver for tests/cuda/bwd_check.cu: uses the binary built here in out/
 # (carried), or builds it on the device if that binary cannot run there.
-# usage: tests/cuda/bwd_run.sh [check|time|quick|all] [sanitize]
+# usage: tests/cuda/bwd_run.sh [check|time|quick|all] [sanitize] [peers]
 set -o pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/bwd_out}; mkdir -p "$OUT"
@@ -25,7 +25,10 @@ fi
 if [ "$mode" = all ] || [ "$mode" = time ]; then
   $BIN time 2>&1 | tee "$OUT/time.txt"
 fi
-if [ "$2" = sanitize ]; then
+if [[ " $* " == *" peers "* ]]; then
+  PYTHONUNBUFFERED=1 timeout 150 python3 tests/cuda/bwd_peers.py 2>&1 | grep -v Warning | tee "$OUT/peers.txt"
+fi
+if [[ " $* " == *" sanitize "* ]]; then
   timeout 120 compute-sanitizer --tool racecheck $BIN quick 2>&1 | tail -15 | tee "$OUT/race.txt"
   if grep -q "CUDA error" "$OUT/check.txt" 2>/dev/null; then
     timeout 120 compute-sanitizer --tool memcheck $BIN quick 2>&1 | head -40 | tee "$OUT/memcheck.txt"
