@@ -26,7 +26,11 @@ TIMEOUT_S = 120  # the smoke run takes ~15 s on an idle 2-core machine
 
 
 def _run(*args):
-  env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
+  # The script imports the jax_flash this process would (installed, else the source tree).
+  spec = importlib.util.find_spec("jax_flash")
+  where = pathlib.Path(spec.origin).parents[1] if spec and spec.origin else ROOT
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             PYTHONPATH=os.pathsep.join(filter(None, [str(where), os.environ.get("PYTHONPATH")])))
   proc = subprocess.run([sys.executable, str(SCRIPT), *args], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=TIMEOUT_S)
   assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
