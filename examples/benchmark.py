@@ -16,7 +16,7 @@ retried at longer sequences of the same (head dim, causal, direction).
   python examples/benchmark.py --smoke --out /tmp/b  # CPU, tiny shapes, seconds
   python examples/benchmark.py --memory              # peak memory of fwd+bwd, 16k and 128k
   python examples/benchmark.py --from-json a/results.json b/results.json --out ab
-                                                     # re-render table/CSV/plot
+                                                     # print the table, redo CSV/plot
 
 Legend: B batch, T query length, S key length (= T), N heads, H head dim.
 """
@@ -61,9 +61,15 @@ class Peer:
   fn: Callable | None = None         # (q, k, v, is_causal) -> out [B, T, N, H]
   arch: int | None = None            # jax_flash kernel path forced while it runs
   unavailable: str | None = None     # why it cannot run at all in this process
+  head_dims: tuple[int, ...] | None = None  # the only head dims it has kernels for
 
 
 # -- peers --------------------------------------------------------------------------
+
+
+def _is_hopper() -> bool:
+  dev = jax.devices()[0]
+  return dev.platform == "gpu" and str(getattr(dev, "compute_capability", "")).startswith("9.")
 
 
 def _flash_peers(on_gpu: bool) -> list[Peer]:
@@ -73,8 +79,7 @@ def _flash_peers(on_gpu: bool) -> list[Peer]:
     return [Peer("jax_flash", "jax_flash", lambda q, k, v, c: jax_flash.attention(
         q, k, v, is_causal=c, implementation="xla"))]
   cuda = lambda q, k, v, c: jax_flash.attention(q, k, v, is_causal=c, implementation="cuda")
-  cc = str(getattr(jax.devices()[0], "compute_capability", ""))
-  if not cc.startswith("9."):
+  if not _is_hopper():
     return [Peer("jax_flash", "jax_flash", cuda)]
   try:
     from jax_flash import _cuda
@@ -91,11 +96,17 @@ def _flash_peers(on_gpu: bool) -> list[Peer]:
 
 
 def _fa3_peer() -> Peer:
+  if not _is_hopper():
+    return Peer("fa3", "fa3", unavailable="flash-attn3-jax runs on Hopper (sm90) only")
   try:
     import flash_attn3_jax
   except Exception as e:  # absent, or built against another jax
     return Peer("fa3", "fa3", unavailable=f"flash_attn3_jax not importable: {e}")
-  return Peer("fa3", "fa3", lambda q, k, v, c: flash_attn3_jax.flash_mha(q, k, v, is_causal=c))
+  # The 0.2.3 wheel instantiates only head dim 128 (`nm -DC` lists run_mha_fwd_<90, *,
+  # 128, ...> and nothing else); other head dims are not attempted, as a missing kernel
+  # could abort the whole process.
+  return Peer("fa3", "fa3", lambda q, k, v, c: flash_attn3_jax.flash_mha(q, k, v, is_causal=c),
+              head_dims=(128,))
 
 
 def _pallas_peer() -> Peer:
@@ -113,8 +124,10 @@ def make_peers(selected: list[str], on_gpu: bool) -> list[Peer]:
   """Every peer, in run order, filtered by family or column name."""
   nn_attn = lambda impl: (lambda q, k, v, c: jax.nn.dot_product_attention(
       q, k, v, is_causal=c, implementation=impl))
-  peers = [Peer("cudnn", "cudnn", nn_attn("cudnn")), _fa3_peer(), *_flash_peers(on_gpu),
-           _pallas_peer(), Peer("xla", "xla", nn_attn("xla"))]
+  flash = any(x.startswith("jax_flash") for x in selected)
+  peers = [Peer("cudnn", "cudnn", nn_attn("cudnn")), _fa3_peer(),
+           *(_flash_peers(on_gpu) if flash else []), _pallas_peer(),
+           Peer("xla", "xla", nn_attn("xla"))]
   peers = [p for p in peers if p.family in selected or p.name in selected]
   for p in peers:
     if p.unavailable:
@@ -198,39 +211,46 @@ def run_point(peers, point, dtype, directions, failed, records):
       earlier = failed.get((peer.name, h, causal, d))
       if peer.unavailable:
         rec[f"{d}_error"] = f"skipped: {peer.unavailable}"
+      elif peer.head_dims and h not in peer.head_dims:
+        rec[f"{d}_error"] = f"skipped: no kernel for head dim {h}"
       elif earlier:
         rec[f"{d}_error"] = f"skipped: failed at seqlen {earlier[0]} ({earlier[1]})"
-    if peer.unavailable:
+    if rec["fwd_error"]:  # skipped; so is the backward, which needs the forward time
+      rec["bwd_error"] = rec["bwd_error"] or rec["fwd_error"]
       continue
-    attn = lambda q_, k_, v_, f=peer.fn: f(q_, k_, v_, causal)
-
-    def fwd_bwd(q_, k_, v_, do_, attn=attn):
-      out, vjp = jax.vjp(attn, q_, k_, v_)
-      return out, vjp(do_)
-
     with forced_arch(peer.arch):
-      # The backward time needs the forward time, so "bwd" alone still times "fwd".
-      if rec["fwd_error"] is None:
-        try:
-          sec, outputs[peer.name] = time_per_call(jax.jit(attn), (q, k, v))
-          rec["fwd_ms"], rec["fwd_tflops"] = sec * 1e3, flops / sec / 1e12
-        except Exception as e:
-          record_failure(rec, "fwd", e, failed)
-      if "bwd" in directions and rec["bwd_error"] is None:
-        if rec["fwd_error"] is not None:  # no forward time to subtract
-          rec["bwd_error"] = rec["fwd_error"]
-        else:
-          try:
-            sec, _ = time_per_call(jax.jit(fwd_bwd), (q, k, v, dout))
-            rec["fwdbwd_ms"] = sec * 1e3
-            rec["bwd_ms"] = rec["fwdbwd_ms"] - rec["fwd_ms"]
-            if rec["bwd_ms"] > 0:
-              rec["bwd_tflops"] = 2.5 * flops / rec["bwd_ms"] / 1e9
-            else:
-              rec["bwd_error"] = "fwd+bwd not slower than fwd (timing noise)"
-          except Exception as e:
-            record_failure(rec, "bwd", e, failed)
-  _check_outputs(records[first:], outputs)
+      outputs[peer.name] = measure(peer, causal, (q, k, v, dout), flops, rec,
+                                   "bwd" in directions and not rec["bwd_error"], failed)
+  _check_outputs(records[first:], {p: o for p, o in outputs.items() if o is not None})
+
+
+def measure(peer, causal, args, flops, rec, with_bwd, failed):
+  """Times the forward (and fwd+bwd) into rec; returns the forward output or None."""
+  attn = lambda q, k, v: peer.fn(q, k, v, causal)
+
+  def fwd_bwd(q, k, v, dout):
+    out, vjp = jax.vjp(attn, q, k, v)
+    return out, vjp(dout)
+
+  try:
+    sec, out = time_per_call(jax.jit(attn), args[:3])
+    rec["fwd_ms"], rec["fwd_tflops"] = sec * 1e3, flops / sec / 1e12
+  except Exception as e:
+    record_failure(rec, "fwd", e, failed)
+    rec["bwd_error"] = rec["fwd_error"]  # no forward time to subtract
+    return None
+  if with_bwd:
+    try:
+      sec, _ = time_per_call(jax.jit(fwd_bwd), args)
+      rec["fwdbwd_ms"] = sec * 1e3
+      rec["bwd_ms"] = rec["fwdbwd_ms"] - rec["fwd_ms"]
+      if rec["bwd_ms"] > 0:
+        rec["bwd_tflops"] = 2.5 * flops / rec["bwd_ms"] / 1e9
+      else:
+        rec["bwd_error"] = "fwd+bwd not slower than fwd (timing noise)"
+    except Exception as e:
+      record_failure(rec, "bwd", e, failed)
+  return out
 
 
 def _check_outputs(records, outputs):
@@ -259,7 +279,9 @@ def _cell(rec, d):
   value = rec[f"{d}_tflops"]
   if value is not None:
     return f"{value:.0f}" if value >= 100 else f"{value:.3g}"
-  err = rec[f"{d}_error"] or "-"
+  err = rec[f"{d}_error"]
+  if err is None:
+    return "-"
   return "OOM" if err == "OOM" else "skip" if err.startswith("skipped") else "fail"
 
 
@@ -314,11 +336,11 @@ def render_table(meta, records) -> str:
       err = r[f"{d}_error"]
       if err and not err.startswith("skipped"):
         pts = reasons.setdefault((r["peer"], err), {})
-        pts.setdefault((r["head_dim"], int(r["causal"]), d), []).append(str(r["seqlen"]))
+        pts.setdefault(f"{r['head_dim']}/{int(r['causal'])}/{r['seqlen']}", []).append(d)
   if reasons:
-    lines.append("\nFailures (hdim/causal/seqlens; a peer is not retried at longer seqlens):")
+    lines.append("\nFailures (hdim/causal/seqlen; a peer is not retried at longer seqlens):")
     for (peer, err), pts in reasons.items():
-      where = ", ".join(f"{h}/{c}/{','.join(ts)} {d}" for (h, c, d), ts in pts.items())
+      where = ", ".join(f"{pt} {'+'.join(ds)}" for pt, ds in pts.items())
       lines.append(f"  {peer} at {where}: {err}")
   for r in records:
     if (r.get("rel_err") or 0) > REL_ERR_FLAG:
@@ -370,6 +392,8 @@ def plot(meta, records, path):
 
 
 def write_outputs(meta, records, out_dir, with_plot=True):
+  """results.json, results.csv and results.png (the table is printed, and --from-json
+  prints it again: the device returns at most 8 files a command)."""
   os.makedirs(out_dir, exist_ok=True)
   with open(os.path.join(out_dir, "results.json"), "w") as f:
     json.dump(dict(meta=meta, results=records), f, indent=1)
@@ -380,10 +404,6 @@ def write_outputs(meta, records, out_dir, with_plot=True):
     writer.writerows(records)
   if with_plot:
     plot(meta, records, os.path.join(out_dir, "results.png"))
-  table = render_table(meta, records)
-  with open(os.path.join(out_dir, "table.txt"), "w") as f:
-    f.write(table + "\n")
-  return table
 
 
 # -- peak memory --------------------------------------------------------------------
@@ -472,6 +492,8 @@ def parse_args(argv=None):
   p.add_argument("--directions", default="fwd,bwd")
   p.add_argument("--dtype", choices=("bf16", "fp16"), default="bf16")
   p.add_argument("--out", default="bench_out")
+  p.add_argument("--budget-s", type=float, default=math.inf,
+                 help="start no new point after this many seconds (device time limits)")
   p.add_argument("--memory", action="store_true", help="peak memory of fwd+bwd instead")
   p.add_argument("--memory-point", help=argparse.SUPPRESS)  # internal: PEER:SEQLEN
   p.add_argument("--from-json", nargs="+", metavar="JSON",
@@ -494,7 +516,9 @@ def main(argv=None):
   if args.from_json:
     loaded = [json.load(open(path)) for path in args.from_json]
     meta = dict(loaded[0]["meta"], sources=args.from_json)
-    print(write_outputs(meta, [r for x in loaded for r in x["results"]], args.out))
+    records = [r for x in loaded for r in x["results"]]
+    write_outputs(meta, records, args.out)
+    print(render_table(meta, records))
     return
   grid = SMOKE if args.smoke else FULL
   meta = dict(device=jax.devices()[0].device_kind, backend=jax.default_backend(),
@@ -521,18 +545,22 @@ def main(argv=None):
   records, failed, start = [], {}, time.perf_counter()
   try:
     for point in (bar := tqdm(points, unit="point")):
+      if time.perf_counter() - start > args.budget_s:
+        print(f"\nstopping: the {args.budget_s:.0f} s budget is spent", file=sys.stderr)
+        break
       bar.set_postfix_str(f"hdim {point['head_dim']} causal {int(point['causal'])} "
                           f"seqlen {point['seqlen']}")
       run_point(peers, point, dtype, args.directions, failed, records)
-      # Rewritten after every point: a run stopped by a time limit keeps what it measured.
+      # Rewritten after every point: a run killed by a time limit keeps what it measured.
       write_outputs(meta, records, args.out, with_plot=False)
   finally:
     meta["elapsed_s"] = round(time.perf_counter() - start, 1)
     if records:
-      print(write_outputs(meta, records, args.out))
+      write_outputs(meta, records, args.out)
+      print(render_table(meta, records))
       print(f"\n{len({(r['head_dim'], r['causal'], r['seqlen']) for r in records})} of "
-            f"{len(points)} points in {meta['elapsed_s']} s; wrote results.json, results.csv, "
-            f"results.png, table.txt to {args.out}/")
+            f"{len(points)} points in {meta['elapsed_s']} s; wrote results.json, results.csv "
+            f"and results.png to {args.out}/")
 
 
 if __name__ == "__main__":
