@@ -7,16 +7,17 @@ time(fwd+bwd through jax.vjp) - time(fwd). Each timing: jit, two warm-up calls, 
 calls enqueued and the last one blocked on; the median of 5 such repeats.
 
 All peers run in this one process, point after point (a point runs every peer before
-the next point starts), so the ratios printed compare numbers taken minutes apart at
-most on the same GPU. A peer that fails at a point (OOM, unsupported shape, missing
+the next point starts), so each ratio printed compares numbers taken seconds apart on
+the same GPU. A peer that fails at a point (OOM, unsupported shape, missing
 package) is recorded with its reason and the run goes on; after a failure it is not
 retried at longer sequences of the same (head dim, causal, direction).
 
   python examples/benchmark.py                       # the full grid on a GPU
   python examples/benchmark.py --smoke --out /tmp/b  # CPU, tiny shapes, seconds
   python examples/benchmark.py --memory              # peak memory of fwd+bwd, 16k and 128k
-  python examples/benchmark.py --from-json a/results.json b/results.json --out ab
-                                                     # print the table, redo CSV/plot
+
+Each run writes results.json, results.csv and results.png to --out and prints the table
+(plot_benchmark.py beside this file; it also re-renders saved results.json files).
 
 Legend: B batch, T query length, S key length (= T), N heads, H head dim.
 """
@@ -25,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import dataclasses
 import json
 import math
@@ -46,12 +46,7 @@ FULL = dict(tokens=16384, hidden=2048, seqlens=(512, 1024, 2048, 4096, 8192, 163
 SMOKE = dict(tokens=512, hidden=256, seqlens=(128, 256), head_dims=(64,))
 MEMORY = dict(seqlens=(16384, 131072), heads=16, head_dim=128)
 MEMORY_SMOKE = dict(seqlens=(1024, 4096), heads=4, head_dim=64)
-# Forward outputs further than this from the reference peer's (max |diff| / max |ref|)
-# are flagged: bf16 rounding alone gives about 0.4%; a masking bug gives O(1).
-REL_ERR_FLAG = 0.05
 FAMILIES = ("cudnn", "fa3", "jax_flash", "pallas", "xla")
-PEER_COLORS = dict(jax_flash="C3", jax_flash_sm90="C3", jax_flash_sm80="C1", cudnn="C0",
-                   fa3="C2", pallas="C4", xla="C7")
 
 
 @dataclasses.dataclass
@@ -137,7 +132,11 @@ def make_peers(selected: list[str], on_gpu: bool) -> list[Peer]:
 
 @contextlib.contextmanager
 def forced_arch(arch: int | None):
-  """Force one jax_flash kernel path (test-only switch) for tracing and timing."""
+  """Force one jax_flash kernel path while a peer is traced, compiled and timed.
+
+  Uses the test-only switch jax_flash._cuda.force_arch(80 | 90), and force_arch(0) to
+  restore the default dispatch; caches are cleared so no lowering crosses paths.
+  """
   if arch is None:
     yield
     return
@@ -270,142 +269,6 @@ def _rel_err(x, ref):
   return jnp.max(jnp.abs(x - ref)) / jnp.max(jnp.abs(ref))
 
 
-# -- reporting ----------------------------------------------------------------------
-
-
-def _cell(rec, d):
-  if rec is None:
-    return "-"
-  value = rec[f"{d}_tflops"]
-  if value is not None:
-    return f"{value:.0f}" if value >= 100 else f"{value:.3g}"
-  err = rec[f"{d}_error"]
-  if err is None:
-    return "-"
-  return "OOM" if err == "OOM" else "skip" if err.startswith("skipped") else "fail"
-
-
-def _ratio(a, b):
-  return f"{a / b:.2f}" if a is not None and b is not None else "-"
-
-
-def _best(*values):
-  values = [x for x in values if x is not None]
-  return max(values) if values else None
-
-
-def _format(head, rows):
-  widths = [max(len(x) for x in col) for col in zip(head, *rows)]
-  fmt = lambda cells: "  ".join(x.rjust(w) for x, w in zip(cells, widths))
-  return [fmt(head), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows]
-
-
-def render_table(meta, records) -> str:
-  """TFLOP/s fwd / bwd per peer; then each jax_flash column's ratios to cuDNN and to
-  the best of (cuDNN, FA3), taken at the same point of the same run."""
-  peers = list(dict.fromkeys(r["peer"] for r in records))
-  flash = [p for p in peers if p.startswith("jax_flash")]
-  by_point = {}
-  for r in records:
-    by_point.setdefault((r["head_dim"], r["causal"], r["seqlen"]), {})[r["peer"]] = r
-  points = sorted(by_point)
-  key_cols = lambda h, c, t: [str(h), str(int(c)), str(t)]
-  speed = [key_cols(*pt) + [f"{_cell(by_point[pt].get(p), 'fwd')} / "
-                            f"{_cell(by_point[pt].get(p), 'bwd')}" for p in peers]
-           for pt in points]
-  lines = [f"{meta['device']} ({meta['backend']}), {meta['dtype']}, {meta['tokens']} tokens "
-           f"per batch, hidden {meta['hidden']}", "", "TFLOP/s, fwd / bwd:"]
-  lines += _format(["hdim", "causal", "seqlen"] + peers, speed)
-  if flash:
-    ratios = []
-    for pt in points:
-      recs, row = by_point[pt], key_cols(*pt)
-      get = lambda p, d: recs[p][f"{d}_tflops"] if p in recs else None
-      for f in flash:
-        row.append(" / ".join(_ratio(get(f, d), get("cudnn", d)) for d in ("fwd", "bwd")))
-        row.append(" / ".join(_ratio(get(f, d), _best(get("cudnn", d), get("fa3", d)))
-                              for d in ("fwd", "bwd")))
-      ratios.append(row)
-    head = ["hdim", "causal", "seqlen"]
-    head += [f"{f.removeprefix('jax_flash_')} / {ref}" for f in flash for ref in ("cudnn", "best")]
-    lines += ["", "jax_flash / peer, fwd / bwd (best = the faster of cudnn and fa3 there):"]
-    lines += _format(head, ratios)
-  reasons = {}
-  for r in records:
-    for d in ("fwd", "bwd"):
-      err = r[f"{d}_error"]
-      if err and not err.startswith("skipped"):
-        pts = reasons.setdefault((r["peer"], err), {})
-        pts.setdefault(f"{r['head_dim']}/{int(r['causal'])}/{r['seqlen']}", []).append(d)
-  if reasons:
-    lines.append("\nFailures (hdim/causal/seqlen; a peer is not retried at longer seqlens):")
-    for (peer, err), pts in reasons.items():
-      where = ", ".join(f"{pt} {'+'.join(ds)}" for pt, ds in pts.items())
-      lines.append(f"  {peer} at {where}: {err}")
-  for r in records:
-    if (r.get("rel_err") or 0) > REL_ERR_FLAG:
-      lines.append(f"WARNING: {r['peer']} fwd output differs from {r['rel_err_ref']}'s by "
-                   f"{r['rel_err']:.3f} of its max at {r['head_dim']}/{int(r['causal'])}/"
-                   f"{r['seqlen']}")
-  return "\n".join(lines)
-
-
-def plot(meta, records, path):
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  head_dims = sorted({r["head_dim"] for r in records})
-  causals = sorted({r["causal"] for r in records})
-  peers = list(dict.fromkeys(r["peer"] for r in records))
-  rows = [(d, c) for d in ("fwd", "bwd") for c in causals]
-  fig, axes = plt.subplots(len(rows), len(head_dims), squeeze=False,
-                           figsize=(4.2 * len(head_dims), 3.2 * len(rows)))
-  styles = {p: dict(marker="os^vDP*X"[i % 8], color=PEER_COLORS.get(p, f"C{i}"),
-                   linewidth=2.2 if p.startswith("jax_flash") else 1.3)
-            for i, p in enumerate(peers)}
-  for (d, c), ax_row in zip(rows, axes):
-    for h, ax in zip(head_dims, ax_row):
-      for p in peers:
-        pts = sorted((r["seqlen"], r[f"{d}_tflops"]) for r in records if r["peer"] == p
-                     and r["head_dim"] == h and r["causal"] == c and r[f"{d}_tflops"])
-        if pts:
-          ax.plot(*zip(*pts), label=p, **styles[p])
-      ax.set_xscale("log", base=2)
-      seqlens = sorted({r["seqlen"] for r in records})
-      ax.set_xticks(seqlens, [f"{s // 1024}k" if s >= 1024 else str(s) for s in seqlens])
-      ax.set_ylim(bottom=0)
-      ax.grid(alpha=0.3)
-      ax.set_title(f"{d}, head dim {h}, {'causal' if c else 'non-causal'}", fontsize=10)
-      ax.set_xlabel("seqlen")
-      ax.set_ylabel("TFLOP/s")
-  handles = {l: hd for ax in axes.flat for hd, l in zip(*ax.get_legend_handles_labels())}
-  handles = {p: handles[p] for p in peers if p in handles}
-  height = fig.get_figheight()
-  fig.suptitle(f"{meta['device']}, {meta['dtype']}, {meta['tokens']} tokens per batch, "
-               f"hidden {meta['hidden']}: TFLOP/s", y=1 - 0.1 / height)
-  fig.legend(handles.values(), handles.keys(), loc="upper center", ncol=len(handles),
-             bbox_to_anchor=(0.5, 1 - 0.4 / height), frameon=False)
-  fig.tight_layout(rect=(0, 0, 1, 1 - 0.75 / height))
-  fig.savefig(path, dpi=110, bbox_inches="tight")
-  plt.close(fig)
-
-
-def write_outputs(meta, records, out_dir, with_plot=True):
-  """results.json, results.csv and results.png (the table is printed, and --from-json
-  prints it again: the device returns at most 8 files a command)."""
-  os.makedirs(out_dir, exist_ok=True)
-  with open(os.path.join(out_dir, "results.json"), "w") as f:
-    json.dump(dict(meta=meta, results=records), f, indent=1)
-  fields = list(dict.fromkeys(k for r in records for k in r))
-  with open(os.path.join(out_dir, "results.csv"), "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=fields)
-    writer.writeheader()
-    writer.writerows(records)
-  if with_plot:
-    plot(meta, records, os.path.join(out_dir, "results.png"))
-
-
 # -- peak memory --------------------------------------------------------------------
 
 
@@ -496,8 +359,6 @@ def parse_args(argv=None):
                  help="start no new point after this many seconds (device time limits)")
   p.add_argument("--memory", action="store_true", help="peak memory of fwd+bwd instead")
   p.add_argument("--memory-point", help=argparse.SUPPRESS)  # internal: PEER:SEQLEN
-  p.add_argument("--from-json", nargs="+", metavar="JSON",
-                 help="re-render table/CSV/plot from results.json files of earlier runs")
   args = p.parse_args(argv)
   args.directions = [d for d in args.directions.split(",") if d]
   if not args.directions or set(args.directions) - {"fwd", "bwd"}:
@@ -513,13 +374,6 @@ def main(argv=None):
     name, seqlen = args.memory_point.rsplit(":", 1)
     print("MEMORY_RESULT " + json.dumps(memory_point(name, int(seqlen), dtype, args.smoke)))
     return
-  if args.from_json:
-    loaded = [json.load(open(path)) for path in args.from_json]
-    meta = dict(loaded[0]["meta"], sources=args.from_json)
-    records = [r for x in loaded for r in x["results"]]
-    write_outputs(meta, records, args.out)
-    print(render_table(meta, records))
-    return
   grid = SMOKE if args.smoke else FULL
   meta = dict(device=jax.devices()[0].device_kind, backend=jax.default_backend(),
               jax=jax.__version__, dtype=args.dtype, tokens=grid["tokens"],
@@ -531,6 +385,8 @@ def main(argv=None):
     memory_mode(args, meta)
     return
   from tqdm import tqdm
+
+  from plot_benchmark import render_table, write_outputs  # beside this file
 
   peers = make_peers(args.peers, meta["backend"] == "gpu")
   causals = {"0": (False,), "1": (True,), "both": (False, True)}[args.causal]

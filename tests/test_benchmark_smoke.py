@@ -1,4 +1,5 @@
-"""examples/benchmark.py end to end on CPU: `--smoke` and `--memory --smoke`.
+"""examples/benchmark.py end to end on CPU: `--smoke`, `--memory --smoke`, and
+examples/plot_benchmark.py re-rendering a saved run.
 
 Runs the script as a user would (a subprocess with a time limit) and checks what it
 wrote: every point of the peers that can run on CPU has a positive time, the peers that
@@ -22,16 +23,17 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "examples" / "benchmark.py"
+PLOT_SCRIPT = ROOT / "examples" / "plot_benchmark.py"
 TIMEOUT_S = 120  # the smoke run takes ~15 s on an idle 2-core machine
 
 
-def _run(*args):
+def _run(*args, script=SCRIPT):
   # The script imports the jax_flash this process would (installed, else the source tree).
   spec = importlib.util.find_spec("jax_flash")
   where = pathlib.Path(spec.origin).parents[1] if spec and spec.origin else ROOT
   env = dict(os.environ, JAX_PLATFORMS="cpu",
              PYTHONPATH=os.pathsep.join(filter(None, [str(where), os.environ.get("PYTHONPATH")])))
-  proc = subprocess.run([sys.executable, str(SCRIPT), *args], cwd=ROOT, env=env,
+  proc = subprocess.run([sys.executable, str(script), *args], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=TIMEOUT_S)
   assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
   return proc.stdout
@@ -97,7 +99,7 @@ def _table(stdout):
 
 def test_from_json_rerenders_the_same_table(smoke, tmp_path):
   out, stdout, _ = smoke
-  again = _run("--from-json", str(out / "results.json"), "--out", str(tmp_path))
+  again = _run(str(out / "results.json"), "--out", str(tmp_path), script=PLOT_SCRIPT)
   assert "jax_flash" in _table(stdout) and _table(again) == _table(stdout)
   assert (tmp_path / "results.png").read_bytes().startswith(b"\x89PNG")
 
