@@ -132,22 +132,15 @@ def make_peers(selected: list[str], on_gpu: bool) -> list[Peer]:
 
 @contextlib.contextmanager
 def forced_arch(arch: int | None):
-  """Force one jax_flash kernel path while a peer is traced, compiled and timed.
-
-  Uses the test-only switch jax_flash._cuda.force_arch(80 | 90), and force_arch(0) to
-  restore the default dispatch; caches are cleared so no lowering crosses paths.
-  """
+  """Force one jax_flash kernel path while a peer is traced, compiled and timed, through
+  the test-only jax_flash._cuda.force_arch(80 | 90) context. It is read at trace time
+  (an attribute of the custom call), and every peer here traces fresh functions."""
   if arch is None:
     yield
     return
   from jax_flash import _cuda
-  _cuda.force_arch(arch)
-  jax.clear_caches()  # never reuse a lowering traced under the other path
-  try:
+  with _cuda.force_arch(arch):
     yield
-  finally:
-    _cuda.force_arch(0)
-    jax.clear_caches()
 
 
 # -- timing -------------------------------------------------------------------------
