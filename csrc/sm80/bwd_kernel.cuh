@@ -34,6 +34,14 @@ namespace jax_flash::sm80::bwd {
 // ---------------------------------------------------------------------------------------
 // PTX wrappers.
 
+// The lane index, read afresh. Values derived from it are then recomputed where used
+// instead of being hoisted and kept live across the main loop (registers are the limit).
+__device__ __forceinline__ int lane_id() {
+  int lane;
+  asm volatile("mov.u32 %0, %%laneid;\n" : "=r"(lane));
+  return lane;
+}
+
 __device__ __forceinline__ uint32_t smem_u32(const void* ptr) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(ptr));
 }
@@ -126,8 +134,7 @@ template <typename Element, int kMT, int kNT, int kK, bool kATrans, int kACols, 
 __device__ __forceinline__ void warp_gemm(float (&acc)[kMT][kNT][4], uint32_t a_base, int m0,
                                           uint32_t b_base, int n0) {
   static_assert(kNT % 2 == 0 && kK % 16 == 0, "warp tile shape");
-  int lane;
-  asm volatile("mov.u32 %0, %%laneid;\n" : "=r"(lane));
+  const int lane = lane_id();
   const int swz = lane & 7;
 
   // A: lane-dependent part of each address; the rest are compile-time offsets.
@@ -226,7 +233,7 @@ __device__ __forceinline__ void load_tile(uint32_t dst, const Element* src, int6
 // The kernel.
 
 template <typename Element, typename Cfg>
-__global__ void __launch_bounds__(Cfg::kThreads, 1) bwd_kernel(const __grid_constant__ BwdParams p) {
+__global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm) bwd_kernel(const __grid_constant__ BwdParams p) {
   constexpr int kH = Cfg::kHeadDim;
   constexpr int kBr = Cfg::kBlockM;
   constexpr int kBc = Cfg::kBlockN;
@@ -247,9 +254,8 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) bwd_kernel(const __grid_cons
 
   const int tid = threadIdx.x;
   const int warp = tid / 32;
-  const int lane = tid % 32;
-  const int g = lane / 4;  // accumulator row within an m16 tile (and g + 8)
-  const int t = lane % 4;  // accumulator columns 2t, 2t + 1 within an n8 tile
+  // Accumulator element e of an m16n8 tile sits at row lane / 4 (+ 8 for e >= 2) and
+  // column 2 (lane % 4) + (e % 2).
 
   const int n_block = blockIdx.x;
   const int kv_head = blockIdx.y;
@@ -276,13 +282,12 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) bwd_kernel(const __grid_cons
   load_tile<kBc, kH, kThreads>(sK, k_ptr, p.k_row_stride, n_valid, p.h, tid);
   load_tile<kBc, kH, kThreads>(sV, v_ptr, p.v_row_stride, n_valid, p.h, tid);
 
-  // Issues the loads of step `step` (Q, dO, lse, delta of one head and one query block).
-  auto load_step = [&](int step, int stage) {
+  // Issues the loads of one step: Q, dO, lse, delta of query head `head`, query block m.
+  auto load_step = [&](int head, int m, int stage) {
     // Re-read so the per-thread copy offsets are recomputed here, not held across the loop.
     int tid;
     asm volatile("mov.u32 %0, %%tid.x;\n" : "=r"(tid));
-    const int head = kv_head * p.group + step / num_m;
-    const int m0 = (m_begin + step % num_m) * kBr;
+    const int m0 = m * kBr;
     const int valid_rows = min(kBr, p.t - m0);
     const Element* q = static_cast<const Element*>(p.q) + batch * p.q_batch_stride +
                        head * p.q_head_stride + int64_t{m0} * p.q_row_stride;
@@ -304,7 +309,10 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) bwd_kernel(const __grid_cons
     }
   };
 
-  if (num_steps > 0) load_step(0, 0);
+  // Steps walk the query blocks [m_begin, m_end) of each head of the group in turn.
+  int head = kv_head * p.group;
+  int m_blk = m_begin;
+  if (num_steps > 0) load_step(head, m_blk, 0);
   cp_async_commit();
 
   float acc_dk[kKVMT][kKVNT][4];
@@ -326,67 +334,87 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) bwd_kernel(const __grid_cons
     const int stage = Cfg::kDoubleBuffer ? (step & 1) : 0;
     const uint32_t sQ = s_base + Cfg::kSmemQ + stage * Cfg::kTileQBytes;
     const uint32_t sDO = s_base + Cfg::kSmemDO + stage * Cfg::kTileQBytes;
-    const int head = kv_head * p.group + step / num_m;
-    const int m0 = (m_begin + step % num_m) * kBr;
+    const int m0 = m_blk * kBr;
+    const bool last_block = m_blk + 1 == m_end;
+    const int next_m = last_block ? m_begin : m_blk + 1;
+    const int next_head = last_block ? head + 1 : head;
 
     // This step's tiles have landed, and every warp is done with the previous step's
     // P, dS and other stage.
     cp_async_wait_all();
     __syncthreads();
     if constexpr (Cfg::kDoubleBuffer) {
-      if (step + 1 < num_steps) load_step(step + 1, stage ^ 1);
+      if (step + 1 < num_steps) load_step(next_head, next_m, stage ^ 1);
       cp_async_commit();
     }
 
+    // S = Q K^T, then P = exp(scale * S - lse) in place, stored to smem before dP = dO V^T
+    // is computed: no branch separates the exponentials from the dP products, so the
+    // scheduler overlaps them.
     float s[kSdPMT][kSdPNT][4];
-    float dp[kSdPMT][kSdPNT][4];
     zero(s);
-    zero(dp);
     warp_gemm<Element, kSdPMT, kSdPNT, kH, false, kH, false, kH>(s, sQ, sdp_m0, sK, sdp_n0);
-    warp_gemm<Element, kSdPMT, kSdPNT, kH, false, kH, false, kH>(dp, sDO, sdp_m0, sV, sdp_n0);
 
-    // Element masks only where the tile crosses the band's edge or the end of the keys.
+    // Element masks only where the tile crosses the band's edge or the end of the keys:
+    // one bit per accumulator element, all set otherwise. (A select on these bits after
+    // the exponential stays correct for any sign of the scale.)
+    constexpr int kElems = kSdPMT * kSdPNT * 4;
+    uint32_t visible[(kElems + 31) / 32];
+#pragma unroll
+    for (int w = 0; w < (kElems + 31) / 32; ++w) visible[w] = ~0u;
     const bool need_mask =
         n_start + kBc > p.s ||
         (left_bounded && int64_t{n_start} < int64_t{m0} + kBr - 1 - p.window_left) ||
         (right_bounded && int64_t{n_start} + kBc - 1 > int64_t{m0} + p.window_right);
-
+    if (need_mask) {
+      const int lane_now = lane_id();
 #pragma unroll
-    for (int mt = 0; mt < kSdPMT; ++mt) {
+      for (int mt = 0; mt < kSdPMT; ++mt) {
 #pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        const int r = sdp_m0 + mt * 16 + g + half * 8;
-        const float lse = sLse[stage * kBr + r];
-        // A row that sees nothing has lse = -inf; +inf here makes its P exactly 0.
-        const float lse2 = lse == -INFINITY ? INFINITY : lse * kLog2e;
-        const float delta = sDelta[stage * kBr + r];
-        const int i = m0 + r;
+        for (int half = 0; half < 2; ++half) {
+          // Visible keys of row i: [lo, hi] (the window clipped to the keys that exist).
+          const int i = m0 + sdp_m0 + mt * 16 + lane_now / 4 + half * 8;
+          const int lo = left_bounded ? i - p.window_left : 0;
+          const int hi = right_bounded ? min(p.s - 1, i + p.window_right) : p.s - 1;
 #pragma unroll
-        for (int nt = 0; nt < kSdPNT; ++nt) {
+          for (int nt = 0; nt < kSdPNT; ++nt) {
 #pragma unroll
-          for (int c = 0; c < 2; ++c) {
-            const int e = half * 2 + c;
-            const int j = n_start + sdp_n0 + nt * 8 + 2 * t + c;
-            bool visible = true;
-            if (need_mask) {
-              visible = j < p.s && (!left_bounded || j >= i - p.window_left) &&
-                        (!right_bounded || j <= i + p.window_right);
+            for (int c = 0; c < 2; ++c) {
+              const int j = n_start + sdp_n0 + nt * 8 + 2 * (lane_now % 4) + c;
+              const int bit = (mt * kSdPNT + nt) * 4 + half * 2 + c;
+              if (j < lo || j > hi) visible[bit / 32] &= ~(1u << (bit % 32));
             }
-            const float pv = visible ? exp2f(fmaf(s[mt][nt][e], p.scale_log2, -lse2)) : 0.f;
-            s[mt][nt][e] = pv;
-            dp[mt][nt][e] = pv * (dp[mt][nt][e] - delta);
           }
         }
       }
     }
 
-    // P and dS to shared memory (rows = query, columns = key). Rows are g (mod 8), so the
-    // swizzle key is g; offsets are rebuilt here rather than kept live across the loop.
-    {
-      int lane_now;
-      asm volatile("mov.u32 %0, %%laneid;\n" : "=r"(lane_now));
+#pragma unroll
+    for (int mt = 0; mt < kSdPMT; ++mt) {
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const float lse = sLse[stage * kBr + sdp_m0 + mt * 16 + lane_id() / 4 + half * 8];
+        // A row that sees nothing has lse = -inf; +inf here makes its P exactly 0.
+        const float lse2 = lse == -INFINITY ? INFINITY : lse * kLog2e;
+#pragma unroll
+        for (int nt = 0; nt < kSdPNT; ++nt) {
+#pragma unroll
+          for (int c = 0; c < 2; ++c) {
+            const int bit = (mt * kSdPNT + nt) * 4 + half * 2 + c;
+            float& x = s[mt][nt][half * 2 + c];
+            const float e = exp2f(fmaf(x, p.scale_log2, -lse2));
+            x = (visible[bit / 32] >> (bit % 32)) & 1u ? e : 0.f;
+          }
+        }
+      }
+    }
+
+    // P and dS go to smem as [query][key] tiles. Rows are g (mod 8), so the swizzle key is
+    // g; offsets are rebuilt at each use rather than kept live across the loop.
+    auto store_scores = [&](uint32_t tile, const float (&x)[kSdPMT][kSdPNT][4]) {
+      const int lane_now = lane_id();
       const int gg = lane_now / 4;
-      const uint32_t row_off = (sdp_m0 + gg) * (kBc * 2) + (lane_now % 4) * 4;
+      const uint32_t row_off = tile + (sdp_m0 + gg) * (kBc * 2) + (lane_now % 4) * 4;
 #pragma unroll
       for (int nt = 0; nt < kSdPNT; ++nt) {
         const uint32_t off = row_off + ((((sdp_n0 >> 3) + nt) ^ gg) << 4);
@@ -394,15 +422,35 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) bwd_kernel(const __grid_cons
         for (int mt = 0; mt < kSdPMT; ++mt) {
 #pragma unroll
           for (int half = 0; half < 2; ++half) {
-            const uint32_t o = off + (mt * 16 + half * 8) * (kBc * 2);
-            const uint32_t pv = pack2<Element>(s[mt][nt][2 * half], s[mt][nt][2 * half + 1]);
-            const uint32_t dsv = pack2<Element>(dp[mt][nt][2 * half], dp[mt][nt][2 * half + 1]);
-            asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(sP + o), "r"(pv) : "memory");
-            asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(sDS + o), "r"(dsv) : "memory");
+            const uint32_t v = pack2<Element>(x[mt][nt][2 * half], x[mt][nt][2 * half + 1]);
+            asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(off + (mt * 16 + half * 8) * (kBc * 2)),
+                         "r"(v)
+                         : "memory");
+          }
+        }
+      }
+    };
+    store_scores(sP, s);
+
+    float dp[kSdPMT][kSdPNT][4];
+    zero(dp);
+    warp_gemm<Element, kSdPMT, kSdPNT, kH, false, kH, false, kH>(dp, sDO, sdp_m0, sV, sdp_n0);
+#pragma unroll
+    for (int mt = 0; mt < kSdPMT; ++mt) {
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const float delta = sDelta[stage * kBr + sdp_m0 + mt * 16 + lane_id() / 4 + half * 8];
+#pragma unroll
+        for (int nt = 0; nt < kSdPNT; ++nt) {
+#pragma unroll
+          for (int c = 0; c < 2; ++c) {
+            float& x = dp[mt][nt][half * 2 + c];
+            x = s[mt][nt][half * 2 + c] * (x - delta);
           }
         }
       }
     }
+    store_scores(sDS, dp);
     __syncthreads();
 
     // dV += P^T dO and dK += dS^T Q: A is the transpose of the stored [Br][Bc] tile, B the
@@ -413,7 +461,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) bwd_kernel(const __grid_cons
     if constexpr (!Cfg::kDoubleBuffer) {
       // Single stage: the next Q/dO may overwrite this one only now; it loads while dQ runs.
       __syncthreads();
-      if (step + 1 < num_steps) load_step(step + 1, 0);
+      if (step + 1 < num_steps) load_step(next_head, next_m, 0);
       cp_async_commit();
     }
 
@@ -427,35 +475,38 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) bwd_kernel(const __grid_cons
       float dq[kQMT][kPassNT][4];
       zero(dq);
       warp_gemm<Element, kQMT, kPassNT, kBc, false, kBc, true, kH>(dq, sDS, q_m0, sK, pass_n0);
-      int lane_now;
-      asm volatile("mov.u32 %0, %%laneid;\n" : "=r"(lane_now));
+      const int lane_now = lane_id();
 #pragma unroll
       for (int mt = 0; mt < kQMT; ++mt) {
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
           const int i = m0 + q_m0 + mt * 16 + lane_now / 4 + half * 8;
-          if (i >= p.t) continue;
-          float* row = dq_ptr + int64_t{i} * p.dq_row_stride;
+          float* row = dq_ptr + int64_t{min(i, p.t - 1)} * p.dq_row_stride;
 #pragma unroll
           for (int nt = 0; nt < kPassNT; ++nt) {
             const int col = pass_n0 + nt * 8 + 2 * (lane_now % 4);
-            if (col >= p.h) continue;
             const float x = dq[mt][nt][2 * half] * p.scale;
             const float y = dq[mt][nt][2 * half + 1] * p.scale;
+            if (i < p.t && col < p.h) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-            // One vector reduction instead of two (sm90+): halves the atomic operations.
-            atomicAdd(reinterpret_cast<float2*>(row + col), make_float2(x, y));
+              // One vector reduction instead of two (sm90+): halves the atomic operations.
+              atomicAdd(reinterpret_cast<float2*>(row + col), make_float2(x, y));
 #else
-            atomicAdd(row + col, x);
-            atomicAdd(row + col + 1, y);
+              atomicAdd(row + col, x);
+              atomicAdd(row + col + 1, y);
 #endif
+            }
           }
         }
       }
     }
+    head = next_head;
+    m_blk = next_m;
   }
 
   // Epilogue: dK (scaled) and dV, written once in the input dtype.
+  const int g = lane_id() / 4;
+  const int t = lane_id() % 4;
   Element* dk_ptr = static_cast<Element*>(p.dk) + batch * p.dk_batch_stride +
                     kv_head * p.dk_head_stride;
   Element* dv_ptr = static_cast<Element*>(p.dv) + batch * p.dv_batch_stride +

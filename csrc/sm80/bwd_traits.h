@@ -12,13 +12,16 @@
 namespace jax_flash::sm80 {
 
 template <int kHeadDim_, int kBlockM_, int kBlockN_, int kWarps_, int kSdPWarpsM_,
-          int kKVWarpsM_, int kQWarpsM_, bool kDoubleBuffer_, int kQPasses_ = 1>
+          int kKVWarpsM_, int kQWarpsM_, bool kDoubleBuffer_, int kQPasses_ = 1,
+          int kCtasPerSm_ = 1>
 struct BwdConfig {
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kBlockM = kBlockM_;  // query rows per step
   static constexpr int kBlockN = kBlockN_;  // keys per CTA
   static constexpr int kWarps = kWarps_;
   static constexpr int kThreads = kWarps * 32;
+  // CTAs the kernel is compiled to fit on one SM (registers: 64K / (threads x this)).
+  static constexpr int kCtasPerSm = kCtasPerSm_;
   // Q and dO are double-buffered when shared memory allows: the next step's tiles
   // then load while this step computes.
   static constexpr bool kDoubleBuffer = kDoubleBuffer_;

@@ -405,8 +405,9 @@ __global__ void fill_stats(float* lse, float* delta, int rows, int t, int s, boo
   }
 }
 
+// once: a single launch per shape and no timing (for a profiler).
 template <typename Cfg>
-void time_config(const char* cfg_name, const std::vector<int>& seqlens) {
+void time_config(const char* cfg_name, const std::vector<int>& seqlens, bool once = false) {
   constexpr int H = Cfg::kHeadDim;
   const size_t tokens = 16384, hidden = 2048;
   const size_t elems = tokens * hidden;
@@ -419,6 +420,13 @@ void time_config(const char* cfg_name, const std::vector<int>& seqlens) {
   uint64_t seed = 1;
   for (bf16* ptr : {q, k, v, dout}) fill_normal_bf16<<<1024, 256>>>(ptr, elems, seed++);
   CK(cudaMemset(dq, 0, elems * sizeof(float)));
+  int ctas = 0;
+  CK(cudaFuncSetAttribute(jax_flash::sm80::bwd::bwd_kernel<bf16, Cfg>,
+                          cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmemBytes));
+  CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&ctas, jax_flash::sm80::bwd::bwd_kernel<bf16, Cfg>,
+                                                   Cfg::kThreads, Cfg::kSmemBytes));
+  std::printf("config %s: %d threads, %d B smem, %d CTA(s)/SM\n", cfg_name, Cfg::kThreads,
+              Cfg::kSmemBytes, ctas);
   cudaEvent_t e0, e1;
   CK(cudaEventCreate(&e0));
   CK(cudaEventCreate(&e1));
@@ -444,8 +452,9 @@ void time_config(const char* cfg_name, const std::vector<int>& seqlens) {
       p.dtype = jax_flash::DType::kBFloat16;
       fill_stats<<<256, 256>>>(lse, delta, b * n * t, t, t, causal);
       CK(cudaGetLastError());
-      for (int w = 0; w < 2; ++w) CK((launch_bwd<bf16, Cfg>(p, 0)));
+      for (int w = 0; w < (once ? 1 : 2); ++w) CK((launch_bwd<bf16, Cfg>(p, 0)));
       CK(cudaDeviceSynchronize());
+      if (once) continue;
       std::vector<float> ms;
       for (int rep = 0; rep < 5; ++rep) {
         CK(cudaEventRecord(e0));
@@ -472,7 +481,8 @@ void time_config(const char* cfg_name, const std::vector<int>& seqlens) {
 
 // Alternative tile configurations timed beside the defaults.
 using H64_M64 = BwdConfig<64, 64, 128, 8, 2, 4, 2, true>;
-using H128_KV2 = BwdConfig<128, 64, 128, 8, 2, 2, 2, true>;
+using H64_2CTA = BwdConfig<64, 64, 64, 4, 2, 2, 2, true, 1, 2>;
+using H128_2CTA = BwdConfig<128, 64, 64, 4, 2, 2, 2, false, 2, 2>;
 
 int main(int argc, char** argv) {
   std::setvbuf(stdout, nullptr, _IOLBF, 0);  // keep lines if the run is cut off
@@ -492,7 +502,8 @@ int main(int argc, char** argv) {
       fails += run_cases<fp16, BwdTraits<128>::Config>("default", true);
       fails += run_cases<fp16, BwdTraits<256>::Config>("default", true);
       fails += run_cases<bf16, H64_M64>("h64 Br64", true);
-      fails += run_cases<bf16, H128_KV2>("h128 kv-warps 2x4", true);
+      fails += run_cases<bf16, H64_2CTA>("h64 64x64 4w x2", true);
+      fails += run_cases<bf16, H128_2CTA>("h128 64x64 4w x2", true);
     }
     std::printf("CHECK %s: %d failing cases\n", fails ? "FAILED" : "passed", fails);
   }
@@ -500,9 +511,14 @@ int main(int argc, char** argv) {
     const std::vector<int> seqlens = {1024, 2048, 4096, 8192, 16384};
     time_config<BwdTraits<64>::Config>("h64 default 128x128", seqlens);
     time_config<H64_M64>("h64 Br64", seqlens);
+    time_config<H64_2CTA>("h64 64x64 4w x2", seqlens);
     time_config<BwdTraits<128>::Config>("h128 default 64x128", seqlens);
-    time_config<H128_KV2>("h128 kv-warps 2x4", seqlens);
+    time_config<H128_2CTA>("h128 64x64 4w x2", seqlens);
     time_config<BwdTraits<256>::Config>("h256 default 64x64", {4096, 16384});
+  }
+  if (mode == "profile") {  // one shape per head dim, for ncu
+    time_config<BwdTraits<128>::Config>("h128 default 64x128", {16384}, true);
+    time_config<BwdTraits<64>::Config>("h64 default 128x128", {16384}, true);
   }
   return fails ? 1 : 0;
 }

@@ -1,7 +1,7 @@
 #!/bin/bash
 # Device-side driver for tests/cuda/bwd_check.cu: uses the binary built here in out/
 # (carried), or builds it on the device if that binary cannot run there.
-# usage: tests/cuda/bwd_run.sh [check|time|quick|all] [sanitize] [peers]
+# usage: tests/cuda/bwd_run.sh [check|time|quick|all] [sanitize] [peers] [ncu]
 set -o pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/bwd_out}; mkdir -p "$OUT"
@@ -28,8 +28,19 @@ fi
 if [[ " $* " == *" peers "* ]]; then
   PYTHONUNBUFFERED=1 timeout 150 python3 tests/cuda/bwd_peers.py 2>&1 | grep -v Warning | tee "$OUT/peers.txt"
 fi
+if [[ " $* " == *" ncu "* ]]; then
+  # Profiles one launch each of hdim 128 and hdim 64 (16k tokens, seqlen 16k, non-causal).
+  sections="--section SpeedOfLight --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis
+    --section MemoryWorkloadAnalysis_Tables --section WarpStateStats --section SchedulerStats
+    --section Occupancy --section LaunchStats --section InstructionStats"
+  timeout 150 ncu --kernel-name regex:bwd_kernel --launch-count 2 $sections -o /tmp/bwd_prof -f \
+    $BIN profile > "$OUT/ncu_log.txt" 2>&1
+  ncu -i /tmp/bwd_prof.ncu-rep --page details > "$OUT/ncu.txt" 2>&1
+  ncu -i /tmp/bwd_prof.ncu-rep --page raw > "$OUT/ncu_raw.txt" 2>&1
+  grep -E "Duration|Compute \(SM\) Throughput|Memory Throughput|Warp Cycles Per Issued|Issue Slots Busy|Bank" "$OUT/ncu.txt" | head -20
+fi
 if [[ " $* " == *" sanitize "* ]]; then
-  timeout 120 compute-sanitizer --tool racecheck $BIN quick 2>&1 | tail -15 | tee "$OUT/race.txt"
+  timeout 60 compute-sanitizer --tool racecheck $BIN quick 2>&1 | tail -15 | tee "$OUT/race.txt"
   if grep -q "CUDA error" "$OUT/check.txt" 2>/dev/null; then
     timeout 120 compute-sanitizer --tool memcheck $BIN quick 2>&1 | head -40 | tee "$OUT/memcheck.txt"
   fi
