@@ -1,0 +1,104 @@
+// Architecture -> dtype -> head dim dispatch over the kernels listed in the generated
+// build_config.h (one X(...) entry per instantiation compiled into this build).
+#include "dispatch/dispatch.h"
+
+#include <cutlass/numeric_types.h>
+
+#include <algorithm>
+#include <type_traits>
+
+#include "build_config.h"
+#include "sm80/launch.h"
+
+namespace jax_flash {
+namespace {
+
+// Families with a kernel for both directions. sm90 joins here when its kernels exist.
+bool arch_built(int arch) { return arch == 80 && JAX_FLASH_KERNELS_COMPLETE; }
+
+// First (smallest) built head dim >= h for Element; the X list is ascending per dtype.
+template <typename Element>
+cudaError_t sm80_fwd(const FwdParams& params, cudaStream_t stream) {
+#define JAX_FLASH_TRY(ENUM, ELEMENT, HDIM)                          \
+  if constexpr (std::is_same_v<ELEMENT, Element>) {                 \
+    if (params.h <= HDIM) return sm80::run_fwd<ELEMENT, HDIM>(params, stream); \
+  }
+  JAX_FLASH_SM80_KERNELS(JAX_FLASH_TRY)
+#undef JAX_FLASH_TRY
+  return cudaErrorNotSupported;
+}
+
+template <typename Element>
+cudaError_t sm80_bwd(const BwdParams& params, cudaStream_t stream) {
+#define JAX_FLASH_TRY(ENUM, ELEMENT, HDIM)                          \
+  if constexpr (std::is_same_v<ELEMENT, Element>) {                 \
+    if (params.h <= HDIM) return sm80::run_bwd<ELEMENT, HDIM>(params, stream); \
+  }
+  JAX_FLASH_SM80_KERNELS(JAX_FLASH_TRY)
+#undef JAX_FLASH_TRY
+  return cudaErrorNotSupported;
+}
+
+}  // namespace
+
+int select_arch(int cc, int force_arch) {
+  switch (force_arch) {
+    case 0:  // sm90 kernels will be preferred on cc 9.0 once they exist
+      return cc >= 80 && arch_built(80) ? 80 : 0;
+    case 80:
+      return cc >= 80 && arch_built(80) ? 80 : 0;
+    case 90:  // wgmma/TMA code for sm_90a runs on cc 9.0 only
+      return cc == 90 && arch_built(90) ? 90 : 0;
+    default:
+      return 0;
+  }
+}
+
+int kernel_head_dim(int arch, DType dtype, int h) {
+  if (!arch_built(arch)) return 0;
+  if (arch == 80) {
+#define JAX_FLASH_TRY(ENUM, ELEMENT, HDIM) \
+  if (dtype == DType::ENUM && h <= HDIM) return HDIM;
+    JAX_FLASH_SM80_KERNELS(JAX_FLASH_TRY)
+#undef JAX_FLASH_TRY
+  }
+  return 0;
+}
+
+cudaError_t dispatch_fwd(const FwdParams& params, int cc, int force_arch, cudaStream_t stream) {
+  if (select_arch(cc, force_arch) == 80) {
+    switch (params.dtype) {
+      case DType::kFloat16: return sm80_fwd<cutlass::half_t>(params, stream);
+      case DType::kBFloat16: return sm80_fwd<cutlass::bfloat16_t>(params, stream);
+    }
+  }
+  return cudaErrorNotSupported;
+}
+
+cudaError_t dispatch_bwd(const BwdParams& params, int cc, int force_arch, cudaStream_t stream) {
+  if (select_arch(cc, force_arch) == 80) {
+    switch (params.dtype) {
+      case DType::kFloat16: return sm80_bwd<cutlass::half_t>(params, stream);
+      case DType::kBFloat16: return sm80_bwd<cutlass::bfloat16_t>(params, stream);
+    }
+  }
+  return cudaErrorNotSupported;
+}
+
+BuildInfo build_info() {
+  BuildInfo info;
+  info.missing_sources = JAX_FLASH_MISSING_SOURCES;
+  if (arch_built(80)) info.archs.push_back(80);
+  auto add = [](auto& list, auto value) {
+    if (std::find(list.begin(), list.end(), value) == list.end()) list.push_back(value);
+  };
+#define JAX_FLASH_TRY(ENUM, ELEMENT, HDIM) \
+  add(info.head_dims, HDIM);               \
+  add(info.dtypes, DType::ENUM);
+  JAX_FLASH_SM80_KERNELS(JAX_FLASH_TRY)
+#undef JAX_FLASH_TRY
+  std::sort(info.head_dims.begin(), info.head_dims.end());
+  return info;
+}
+
+}  // namespace jax_flash

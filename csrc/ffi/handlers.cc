@@ -1,0 +1,394 @@
+// XLA FFI handlers for the custom-call targets jax_flash_fwd and jax_flash_bwd.
+// Thin on purpose: decode buffers and attributes into FwdParams / BwdParams, check them,
+// pick the kernel (csrc/dispatch), launch on XLA's stream, report CUDA errors.
+//
+// Dimension legend: see params.h. Buffers arrive as [L..., T, N, H]: L... are leading
+// dims (vmap with vmap_method="broadcast_all" adds them to every operand alike). XLA hands
+// the custom call dense row-major buffers, so L... flatten into the batch dim B.
+// Python (jax_flash/_cuda.py) validates first with friendlier messages; these checks
+// keep a direct ffi_call from ever launching a kernel on inconsistent shapes.
+#include "ffi/handlers.h"
+
+#include <cuda_runtime_api.h>
+
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "dispatch/dispatch.h"
+#include "params.h"
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace jax_flash {
+namespace {
+
+using Dims = ffi::AnyBuffer::Dimensions;
+using Shape = std::vector<int64_t>;
+
+std::string to_string(Dims dims) {
+  std::string s = "[";
+  for (size_t i = 0; i < dims.size(); ++i) {
+    if (i) s += ", ";
+    s += std::to_string(dims[i]);
+  }
+  return s + "]";
+}
+
+std::string to_string(ffi::DataType dtype) {
+  switch (dtype) {
+    case ffi::DataType::F16: return "float16";
+    case ffi::DataType::BF16: return "bfloat16";
+    case ffi::DataType::F32: return "float32";
+    default: return "dtype #" + std::to_string(static_cast<int>(dtype));
+  }
+}
+
+ffi::Error invalid(const char* target, const std::string& message) {
+  return ffi::Error::InvalidArgument(std::string(target) + ": " + message);
+}
+
+ffi::Error cuda_error(const char* target, const char* what, cudaError_t status) {
+  return ffi::Error::Internal(std::string(target) + ": " + what + " failed: " +
+                              cudaGetErrorName(status) + " (" + cudaGetErrorString(status) +
+                              ")");
+}
+
+// `want` is the exact shape a buffer must have, given the leading dims and sizes of q.
+ffi::Error expect_shape(const char* target, const char* name, Dims got, const Shape& want) {
+  if (got.size() == want.size() && std::equal(want.begin(), want.end(), got.begin())) {
+    return ffi::Error::Success();
+  }
+  return invalid(target, std::string(name) + " has shape " + to_string(got) + ", expected " +
+                             to_string(Dims(want.data(), want.size())));
+}
+
+ffi::Error expect_dtype(const char* target, const char* name, ffi::DataType got,
+                        ffi::DataType want) {
+  if (got == want) return ffi::Error::Success();
+  return invalid(target, std::string(name) + " has dtype " + to_string(got) + ", expected " +
+                             to_string(want));
+}
+
+Shape concat(const Shape& lead, std::initializer_list<int64_t> tail) {
+  Shape shape = lead;
+  shape.insert(shape.end(), tail);
+  return shape;
+}
+
+// -1 (unbounded) -> kUnbounded; windows past kUnbounded mean the same as no limit.
+bool decode_window(int32_t w, int32_t& out) {
+  if (w < -1) return false;
+  out = (w == -1 || w > kUnbounded) ? kUnbounded : w;
+  return true;
+}
+
+// Decodes q, k, v and the attributes shared by both directions into `p` and returns the
+// leading dims L... in `lead`.
+ffi::Error decode_attn(const char* target, const ffi::AnyBuffer& q, const ffi::AnyBuffer& k,
+                       const ffi::AnyBuffer& v, float scale, int32_t window_left,
+                       int32_t window_right, AttnParams& p, Shape& lead) {
+  Dims qd = q.dimensions(), kd = k.dimensions(), vd = v.dimensions();
+  if (qd.size() < 4) {
+    return invalid(target, "q must be [..., T, N, H] with rank >= 4, got shape " + to_string(qd));
+  }
+  const size_t rank = qd.size();
+  if (kd.size() != rank || vd.size() != rank) {
+    return invalid(target, "q, k, v must have equal ranks, got shapes " + to_string(qd) + ", " +
+                               to_string(kd) + ", " + to_string(vd));
+  }
+  lead.assign(qd.begin(), qd.begin() + (rank - 3));
+  for (size_t i = 0; i + 3 < rank; ++i) {
+    if (kd[i] != qd[i] || vd[i] != qd[i]) {
+      return invalid(target, "q, k, v leading (batch) dims differ: shapes " + to_string(qd) +
+                                 ", " + to_string(kd) + ", " + to_string(vd));
+    }
+  }
+
+  const ffi::DataType dtype = q.element_type();
+  if (dtype != ffi::DataType::F16 && dtype != ffi::DataType::BF16) {
+    return invalid(target, "q has dtype " + to_string(dtype) + "; the kernels take float16 "
+                           "and bfloat16");
+  }
+  if (auto e = expect_dtype(target, "k", k.element_type(), dtype); e.failure()) return e;
+  if (auto e = expect_dtype(target, "v", v.element_type(), dtype); e.failure()) return e;
+
+  int64_t b = 1;
+  for (int64_t d : lead) b *= d;
+  const int64_t t = qd[rank - 3], n = qd[rank - 2], h = qd[rank - 1];
+  const int64_t s = kd[rank - 3], n_kv = kd[rank - 2], hv = vd[rank - 1];
+  if (auto e = expect_shape(target, "k", kd, concat(lead, {s, n_kv, h})); e.failure()) return e;
+  if (auto e = expect_shape(target, "v", vd, concat(lead, {s, n_kv, hv})); e.failure()) {
+    return e;
+  }
+  constexpr int64_t kMax = std::numeric_limits<int32_t>::max();
+  for (int64_t size : {b, t, s, n, n_kv, h, hv}) {
+    if (size <= 0 || size > kMax) {
+      return invalid(target, "every size must be in [1, 2^31): q " + to_string(qd) + ", k " +
+                                 to_string(kd) + ", v " + to_string(vd));
+    }
+  }
+  if (n % n_kv != 0) {
+    return invalid(target, "query heads N=" + std::to_string(n) +
+                               " must be a multiple of key/value heads K=" + std::to_string(n_kv));
+  }
+  if (hv != h) {
+    return invalid(target, "the kernels need Hv == H, got H=" + std::to_string(h) +
+                               ", Hv=" + std::to_string(hv));
+  }
+  if (h % 8 != 0) {
+    return invalid(target, "head dim H=" + std::to_string(h) + " must be a multiple of 8");
+  }
+  if (!std::isfinite(scale)) {
+    return invalid(target, "scale must be finite, got " + std::to_string(scale));
+  }
+  if (!decode_window(window_left, p.window_left) || !decode_window(window_right, p.window_right)) {
+    return invalid(target, "window_left / window_right must be >= -1 (-1 = unbounded), got " +
+                               std::to_string(window_left) + ", " + std::to_string(window_right));
+  }
+
+  p.q = q.untyped_data();
+  p.k = k.untyped_data();
+  p.v = v.untyped_data();
+  p.b = static_cast<int32_t>(b);
+  p.t = static_cast<int32_t>(t);
+  p.s = static_cast<int32_t>(s);
+  p.n = static_cast<int32_t>(n);
+  p.n_kv = static_cast<int32_t>(n_kv);
+  p.h = static_cast<int32_t>(h);
+  p.hv = static_cast<int32_t>(hv);
+  p.group = static_cast<int32_t>(n / n_kv);
+  // Dense row-major strides, in elements.
+  p.q_head_stride = h;
+  p.q_row_stride = n * h;
+  p.q_batch_stride = t * n * h;
+  p.k_head_stride = h;
+  p.k_row_stride = n_kv * h;
+  p.k_batch_stride = s * n_kv * h;
+  p.v_head_stride = hv;
+  p.v_row_stride = n_kv * hv;
+  p.v_batch_stride = s * n_kv * hv;
+  p.scale = scale;
+  p.scale_log2 = scale * static_cast<float>(M_LOG2E);
+  p.is_causal = p.window_right == 0 && p.window_left == kUnbounded;
+  p.dtype = dtype == ffi::DataType::F16 ? DType::kFloat16 : DType::kBFloat16;
+  return ffi::Error::Success();
+}
+
+struct DeviceInfo {
+  int cc = 0;  // major * 10 + minor
+  int num_sms = 0;
+};
+
+// Read once per device: attribute queries are cheap but not free, and handlers run on
+// every step. Slot 0 means "not read yet"; two threads racing both store the same value.
+ffi::Error device_info(const char* target, int32_t ordinal, DeviceInfo& info) {
+  constexpr int kCachedDevices = 64;
+  static std::atomic<int64_t> cache[kCachedDevices];
+  const bool cached = ordinal >= 0 && ordinal < kCachedDevices;
+  if (cached) {
+    const int64_t packed = cache[ordinal].load(std::memory_order_relaxed);
+    if (packed != 0) {
+      info.cc = static_cast<int>(packed >> 32);
+      info.num_sms = static_cast<int>(packed & 0xffffffff);
+      return ffi::Error::Success();
+    }
+  }
+  int major = 0, minor = 0, sms = 0;
+  for (auto [attr, value] : {std::pair{cudaDevAttrComputeCapabilityMajor, &major},
+                             std::pair{cudaDevAttrComputeCapabilityMinor, &minor},
+                             std::pair{cudaDevAttrMultiProcessorCount, &sms}}) {
+    if (cudaError_t st = cudaDeviceGetAttribute(value, attr, ordinal); st != cudaSuccess) {
+      return cuda_error(target, "reading the device's attributes", st);
+    }
+  }
+  info.cc = major * 10 + minor;
+  info.num_sms = sms;
+  if (cached) {
+    cache[ordinal].store((static_cast<int64_t>(info.cc) << 32) | info.num_sms,
+                         std::memory_order_relaxed);
+  }
+  return ffi::Error::Success();
+}
+
+// Checks that this build has a kernel for the device, force_arch, dtype and head dim.
+ffi::Error check_kernel(const char* target, const DeviceInfo& info, int32_t force_arch,
+                        const AttnParams& p) {
+  if (force_arch != 0 && force_arch != 80 && force_arch != 90) {
+    return invalid(target, "force_arch must be 0, 80 or 90, got " + std::to_string(force_arch));
+  }
+  const BuildInfo build = build_info();
+  const int arch = select_arch(info.cc, force_arch);
+  if (arch == 0) {
+    std::string built;
+    for (int a : build.archs) built += (built.empty() ? "sm" : ", sm") + std::to_string(a);
+    return invalid(target, "no kernel for compute capability " + std::to_string(info.cc / 10) +
+                               "." + std::to_string(info.cc % 10) +
+                               " with force_arch=" + std::to_string(force_arch) +
+                               " (this build has: " + (built.empty() ? "no kernels" : built) +
+                               ")");
+  }
+  if (kernel_head_dim(arch, p.dtype, p.h) == 0) {
+    std::string built;
+    for (int d : build.head_dims) built += (built.empty() ? "" : ", ") + std::to_string(d);
+    return invalid(target, "no sm" + std::to_string(arch) + " kernel for head dim " +
+                               std::to_string(p.h) + " in " +
+                               (p.dtype == DType::kFloat16 ? "float16" : "bfloat16") +
+                               " (built head dims: " + built + ")");
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error FwdImpl(cudaStream_t stream, int32_t device, ffi::AnyBuffer q, ffi::AnyBuffer k,
+                   ffi::AnyBuffer v, ffi::Result<ffi::AnyBuffer> o,
+                   ffi::Result<ffi::Buffer<ffi::F32>> lse, float scale, int32_t window_left,
+                   int32_t window_right, int32_t force_arch) {
+  constexpr const char* kTarget = "jax_flash_fwd";
+  FwdParams p{};
+  Shape lead;
+  if (auto e = decode_attn(kTarget, q, k, v, scale, window_left, window_right, p, lead);
+      e.failure()) {
+    return e;
+  }
+  if (auto e = expect_shape(kTarget, "o", o->dimensions(), concat(lead, {p.t, p.n, p.hv}));
+      e.failure()) {
+    return e;
+  }
+  if (auto e = expect_dtype(kTarget, "o", o->element_type(), q.element_type()); e.failure()) {
+    return e;
+  }
+  if (auto e = expect_shape(kTarget, "lse", lse->dimensions(), concat(lead, {p.n, p.t}));
+      e.failure()) {
+    return e;
+  }
+  p.o = o->untyped_data();
+  p.lse = lse->typed_data();
+  p.o_head_stride = p.hv;
+  p.o_row_stride = int64_t{p.n} * p.hv;
+  p.o_batch_stride = int64_t{p.t} * p.n * p.hv;
+
+  DeviceInfo info;
+  if (auto e = device_info(kTarget, device, info); e.failure()) return e;
+  p.num_sms = info.num_sms;
+  if (auto e = check_kernel(kTarget, info, force_arch, p); e.failure()) return e;
+  if (cudaError_t st = dispatch_fwd(p, info.cc, force_arch, stream); st != cudaSuccess) {
+    return cuda_error(kTarget, "the forward kernel", st);
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error BwdImpl(cudaStream_t stream, int32_t device, ffi::AnyBuffer q, ffi::AnyBuffer k,
+                   ffi::AnyBuffer v, ffi::AnyBuffer dout, ffi::Buffer<ffi::F32> lse,
+                   ffi::Buffer<ffi::F32> delta, ffi::Result<ffi::Buffer<ffi::F32>> dq_accum,
+                   ffi::Result<ffi::AnyBuffer> dk, ffi::Result<ffi::AnyBuffer> dv, float scale,
+                   int32_t window_left, int32_t window_right, int32_t force_arch) {
+  constexpr const char* kTarget = "jax_flash_bwd";
+  BwdParams p{};
+  Shape lead;
+  if (auto e = decode_attn(kTarget, q, k, v, scale, window_left, window_right, p, lead);
+      e.failure()) {
+    return e;
+  }
+  const Shape o_shape = concat(lead, {p.t, p.n, p.hv});
+  const Shape row_shape = concat(lead, {p.n, p.t});
+  for (auto [name, dtype] : {std::pair{"dout", dout.element_type()},
+                             std::pair{"dk", dk->element_type()},
+                             std::pair{"dv", dv->element_type()}}) {
+    if (auto e = expect_dtype(kTarget, name, dtype, q.element_type()); e.failure()) return e;
+  }
+  if (auto e = expect_shape(kTarget, "dout", dout.dimensions(), o_shape); e.failure()) return e;
+  if (auto e = expect_shape(kTarget, "lse", lse.dimensions(), row_shape); e.failure()) return e;
+  if (auto e = expect_shape(kTarget, "delta", delta.dimensions(), row_shape); e.failure()) {
+    return e;
+  }
+  if (auto e = expect_shape(kTarget, "dq_accum", dq_accum->dimensions(),
+                            Shape(q.dimensions().begin(), q.dimensions().end()));
+      e.failure()) {
+    return e;
+  }
+  if (auto e = expect_shape(kTarget, "dk", dk->dimensions(),
+                            Shape(k.dimensions().begin(), k.dimensions().end()));
+      e.failure()) {
+    return e;
+  }
+  if (auto e = expect_shape(kTarget, "dv", dv->dimensions(),
+                            Shape(v.dimensions().begin(), v.dimensions().end()));
+      e.failure()) {
+    return e;
+  }
+
+  p.dout = dout.untyped_data();
+  p.lse = lse.typed_data();
+  p.delta = delta.typed_data();
+  p.dq_accum = dq_accum->typed_data();
+  p.dk = dk->untyped_data();
+  p.dv = dv->untyped_data();
+  // Gradients share their primal's dense layout.
+  p.do_head_stride = p.hv;
+  p.do_row_stride = int64_t{p.n} * p.hv;
+  p.do_batch_stride = int64_t{p.t} * p.n * p.hv;
+  p.dq_head_stride = p.q_head_stride;
+  p.dq_row_stride = p.q_row_stride;
+  p.dq_batch_stride = p.q_batch_stride;
+  p.dk_head_stride = p.k_head_stride;
+  p.dk_row_stride = p.k_row_stride;
+  p.dk_batch_stride = p.k_batch_stride;
+  p.dv_head_stride = p.v_head_stride;
+  p.dv_row_stride = p.v_row_stride;
+  p.dv_batch_stride = p.v_batch_stride;
+
+  DeviceInfo info;
+  if (auto e = device_info(kTarget, device, info); e.failure()) return e;
+  p.num_sms = info.num_sms;
+  if (auto e = check_kernel(kTarget, info, force_arch, p); e.failure()) return e;
+  // The kernels accumulate dq atomically across key blocks.
+  if (cudaError_t st = cudaMemsetAsync(p.dq_accum, 0, dq_accum->size_bytes(), stream);
+      st != cudaSuccess) {
+    return cuda_error(kTarget, "zeroing dq_accum", st);
+  }
+  if (cudaError_t st = dispatch_bwd(p, info.cc, force_arch, stream); st != cudaSuccess) {
+    return cuda_error(kTarget, "the backward kernel", st);
+  }
+  return ffi::Error::Success();
+}
+
+}  // namespace
+}  // namespace jax_flash
+
+// Not declared kCmdBufferCompatible: not yet verified under XLA's CUDA graphs.
+// Args and results are positional in the FFI API; the comments name them.
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxFlashFwd, jax_flash::FwdImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::PlatformStream<cudaStream_t>>()
+                                  .Ctx<ffi::DeviceOrdinal>()
+                                  .Arg<ffi::AnyBuffer>()               // q   [L..., T, N, H]
+                                  .Arg<ffi::AnyBuffer>()               // k   [L..., S, K, H]
+                                  .Arg<ffi::AnyBuffer>()               // v   [L..., S, K, Hv]
+                                  .Ret<ffi::AnyBuffer>()               // o   [L..., T, N, Hv]
+                                  .Ret<ffi::Buffer<ffi::F32>>()        // lse [L..., N, T]
+                                  .Attr<float>("scale")
+                                  .Attr<int32_t>("window_left")
+                                  .Attr<int32_t>("window_right")
+                                  .Attr<int32_t>("force_arch"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxFlashBwd, jax_flash::BwdImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::PlatformStream<cudaStream_t>>()
+                                  .Ctx<ffi::DeviceOrdinal>()
+                                  .Arg<ffi::AnyBuffer>()               // q     [L..., T, N, H]
+                                  .Arg<ffi::AnyBuffer>()               // k     [L..., S, K, H]
+                                  .Arg<ffi::AnyBuffer>()               // v     [L..., S, K, Hv]
+                                  .Arg<ffi::AnyBuffer>()               // dout  [L..., T, N, Hv]
+                                  .Arg<ffi::Buffer<ffi::F32>>()        // lse   [L..., N, T]
+                                  .Arg<ffi::Buffer<ffi::F32>>()        // delta [L..., N, T]
+                                  .Ret<ffi::Buffer<ffi::F32>>()        // dq_accum [L..., T, N, H]
+                                  .Ret<ffi::AnyBuffer>()               // dk    [L..., S, K, H]
+                                  .Ret<ffi::AnyBuffer>()               // dv    [L..., S, K, Hv]
+                                  .Attr<float>("scale")
+                                  .Attr<int32_t>("window_left")
+                                  .Attr<int32_t>("window_right")
+                                  .Attr<int32_t>("force_arch"));

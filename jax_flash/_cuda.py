@@ -1,0 +1,185 @@
+"""The "cuda" implementation: XLA FFI custom calls into the compiled kernels.
+
+Loads the optional extension `jax_flash._jax_flash_ext` (absent in a source checkout or a
+build without nvcc: then `kernels_available()` says so and nothing here is called),
+registers its handlers as the CUDA custom-call targets "jax_flash_fwd" / "jax_flash_bwd",
+and wraps them with `jax.ffi.ffi_call`. Shapes (see csrc/params.h):
+q [B,T,N,H], k [B,S,K,H], v [B,S,K,Hv], out [B,T,N,Hv], lse [B,N,T] float32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._config import UNBOUNDED, AttnConfig, Extras
+
+try:
+  from . import _jax_flash_ext as _ext
+  _EXT_ERROR = None
+except ImportError as e:  # not built, or built without a CUDA compiler
+  _ext = None
+  _EXT_ERROR = str(e)
+
+logger = logging.getLogger("jax_flash")
+
+_MIN_CC = (8, 0)  # the portable sm80 kernels run from Ampere on
+_DTYPES = {np.dtype(jnp.float16): "float16", np.dtype(jnp.bfloat16): "bfloat16"}
+
+_lock = threading.Lock()
+_registered = False
+_device_reasons: dict = {}  # device -> reason or None, read once per device
+_logged = False
+_force_arch = 0
+
+
+def _build_reason() -> str | None:
+  """Why this installation has no kernels at all, or None."""
+  if _ext is None:
+    return "extension not built"
+  if not _ext.built_archs():
+    missing = _ext.missing_sources()
+    return ("extension built without kernels"
+            + (f" ({missing} missing at build time)" if missing else ""))
+  return None
+
+
+def _device_reason(device) -> str | None:
+  if device.platform != "gpu":
+    return f"no CUDA device (device is {device.platform})"
+  cc = getattr(device, "compute_capability", None)
+  try:
+    major, minor = (int(x) for x in str(cc).split("."))
+  except ValueError:
+    return f"not an NVIDIA GPU (compute capability {cc!r})"
+  if (major, minor) < _MIN_CC:
+    return f"compute capability {major}.{minor} < {_MIN_CC[0]}.{_MIN_CC[1]}"
+  return None
+
+
+def kernels_available(device=None) -> str | None:
+  """None if the CUDA kernels can run on `device` (default: JAX's first device), else why not.
+
+  Read once per device. When the device is a GPU and the kernels cannot run, the reason is
+  logged once per process on the "jax_flash" logger.
+  """
+  global _logged
+  if device is None:
+    try:
+      device = jax.devices()[0]
+    except RuntimeError as e:
+      return f"no JAX device ({e})"
+  with _lock:
+    if device not in _device_reasons:
+      _device_reasons[device] = _device_reason(device) or _build_reason()
+    reason = _device_reasons[device]
+    if reason is not None and device.platform == "gpu" and not _logged:
+      _logged = True
+      logger.info("jax_flash: CUDA kernels unavailable on %s: %s", device, reason)
+  return reason
+
+
+def _max_head_dim() -> int:
+  return max(_ext.built_head_dims()) if _ext is not None and _ext.built_head_dims() else 256
+
+
+def unsupported_reason(q, k, v, extras: Extras, cfg: AttnConfig) -> str | None:
+  """None if the kernels implement this call, else a short reason (for routing/errors).
+
+  q, k, v are 4-D arrays or ShapeDtypeStructs: [B,T,N,H], [B,S,K,H], [B,S,K,Hv].
+  """
+  features = extras.features()
+  if features:
+    return f"{', '.join(features)}: not in the kernels yet (issue 5)"
+  if cfg.softcap is not None:
+    return "softcap: not in the kernels yet"
+  dtypes = {np.dtype(x.dtype) for x in (q, k, v)}
+  if len(dtypes) > 1:
+    return f"mixed dtypes q {q.dtype}, k {k.dtype}, v {v.dtype}"
+  dtype = np.dtype(q.dtype)
+  if dtype not in _DTYPES:
+    return f"dtype {dtype} (the kernels take float16 and bfloat16)"
+  if _ext is not None and _DTYPES[dtype] not in _ext.built_dtypes():
+    return f"{dtype} kernels not built (JAX_FLASH_DTYPES)"
+  if any(d == 0 for x in (q, k, v) for d in x.shape):
+    return f"empty input (q {q.shape}, k {k.shape}, v {v.shape})"
+  h, hv = q.shape[-1], v.shape[-1]
+  if hv != h:
+    return f"value head dim Hv={hv} != H={h}"
+  if h % 8:
+    return f"head dim {h} is not a multiple of 8"
+  if h > _max_head_dim():
+    return f"head dim {h} > {_max_head_dim()} (the largest built)"
+  return None
+
+
+@contextlib.contextmanager
+def force_arch(arch: int):
+  """Test-only: run the kernel family `arch` (80 or 90; 0 = automatic) in calls traced
+  inside the block. jit caches traced calls, so use a fresh function inside the block."""
+  global _force_arch
+  if arch not in (0, 80, 90):
+    raise ValueError(f"force_arch must be 0, 80 or 90, got {arch!r}")
+  previous, _force_arch = _force_arch, arch
+  try:
+    yield
+  finally:
+    _force_arch = previous
+
+
+def _register():
+  global _registered
+  with _lock:
+    if _registered:
+      return
+    if _ext is None:
+      raise RuntimeError(f"jax_flash CUDA extension not built ({_EXT_ERROR})")
+    for name, capsule in _ext.registrations().items():
+      jax.ffi.register_ffi_target(name, capsule, platform="CUDA", api_version=1)
+    _registered = True
+
+
+def _attrs(cfg: AttnConfig) -> dict:
+  def side(w):
+    return -1 if w == UNBOUNDED else w
+  return dict(scale=np.float32(cfg.scale), window_left=np.int32(side(cfg.window_left)),
+              window_right=np.int32(side(cfg.window_right)),
+              force_arch=np.int32(_force_arch))
+
+
+def fwd(q, k, v, extras: Extras, cfg: AttnConfig):
+  """(out [B,T,N,Hv] in q.dtype, lse [B,N,T] float32)."""
+  del extras  # unsupported_reason() routes any extras away from here
+  _register()
+  b, t, n, _ = q.shape
+  out_types = (jax.ShapeDtypeStruct((b, t, n, v.shape[-1]), q.dtype),
+               jax.ShapeDtypeStruct((b, n, t), jnp.float32))
+  call = jax.ffi.ffi_call("jax_flash_fwd", out_types, vmap_method="broadcast_all")
+  return call(q, k, v, **_attrs(cfg))
+
+
+def bwd(q, k, v, extras: Extras, out, lse, dout, dlse, cfg: AttnConfig):
+  """(dq, dk, dv, dbias) from the forward's (out, lse) and the cotangents (dout, dlse).
+
+  dlse is the float32 cotangent of lse [B,N,T] or None; dbias is None (no bias yet).
+  """
+  del extras
+  _register()
+  # delta_i = sum_j P_ij dP_ij = rowsum(dO * O); an lse cotangent adds dlse_i * P_ij to
+  # dS_ij, which is the same as subtracting dlse from delta. Elementwise + reduce: exact
+  # float32 (an einsum could lower to a TF32 dot on GPUs).
+  delta = jnp.sum(dout.astype(jnp.float32) * out.astype(jnp.float32), axis=-1)
+  delta = jnp.swapaxes(delta, -1, -2)  # [B,T,N] -> [B,N,T]
+  if dlse is not None:
+    delta = delta - dlse.astype(jnp.float32)
+  out_types = (jax.ShapeDtypeStruct(q.shape, jnp.float32),
+               jax.ShapeDtypeStruct(k.shape, k.dtype),
+               jax.ShapeDtypeStruct(v.shape, v.dtype))
+  call = jax.ffi.ffi_call("jax_flash_bwd", out_types, vmap_method="broadcast_all")
+  dq_accum, dk, dv = call(q, k, v, dout.astype(q.dtype), lse, delta, **_attrs(cfg))
+  return dq_accum.astype(q.dtype), dk, dv, None
