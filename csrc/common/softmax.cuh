@@ -1,0 +1,103 @@
+// Online softmax over key tiles, and the element mask of boundary tiles, on mma accumulator
+// fragments in row/col view (see util.cuh): rows = a thread's query rows, cols = its key
+// columns; the 4 lanes of a quad share a row.
+//
+// Scores arrive raw (s = q . k, unscaled). With c = scale * log2(e) > 0 (kernels pass |scale|,
+// negating q when the user's scale is negative), the softmax runs in base 2:
+//   p = 2^(c s - c m),  m = running row max of s,  lse = scale * m + ln(sum p)
+// so each score costs one FFMA and one EX2.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cute/tensor.hpp>
+
+#include "common/mask.h"
+#include "common/util.cuh"
+
+namespace jax_flash {
+
+// Set scores of keys a row may not see to -inf.
+//   scores: row/col view of the S accumulator;  coord: the same view of the TiledMma's
+//   partition of an identity tensor over the tile (tile-local (row, col) per register);
+//   row0/col0: the tile's first query row and key column;  s: number of keys.
+template <class Scores, class Coord>
+__device__ __forceinline__ void mask_scores(Scores& scores, Coord const& coord, int row0, int col0,
+                                            Window window, int s) {
+  using namespace cute;
+  CUTE_UNROLL
+  for (int i = 0; i < size<0>(scores); ++i) {
+    const Range keys = window.keys_of_row(row0 + get<0>(coord(i, 0)), s);
+    const int lo = keys.lo - col0;
+    const int hi = keys.hi - col0;
+    CUTE_UNROLL
+    for (int j = 0; j < size<1>(scores); ++j) {
+      const int col = get<1>(coord(i, j));
+      if (col < lo || col >= hi) scores(i, j) = -INFINITY;
+    }
+  }
+}
+
+// Running max and sum for kRows rows (a thread's rows of an acc fragment).
+template <int kRows>
+struct OnlineSoftmax {
+  float row_max[kRows];  // of raw scores; -inf while a row has seen no visible key
+  float row_sum[kRows];  // this thread's partial sum; the quad is combined in finalize()
+
+  __device__ __forceinline__ OnlineSoftmax() {
+    CUTE_UNROLL
+    for (int i = 0; i < kRows; ++i) {
+      row_max[i] = -INFINITY;
+      row_sum[i] = 0.f;
+    }
+  }
+
+  // Fold one key tile in: scores (row/col view, raw) become p in place, and the output
+  // accumulator (row/col view) is rescaled to the new row max.
+  template <class Scores, class Out>
+  __device__ __forceinline__ void update(Scores& scores, Out& out, float scale_log2) {
+    using namespace cute;
+    static_assert(decltype(size<0>(scores))::value == kRows, "row count mismatch");
+    CUTE_UNROLL
+    for (int i = 0; i < kRows; ++i) {
+      float m = row_max[i];
+      CUTE_UNROLL
+      for (int j = 0; j < size<1>(scores); ++j) m = fmaxf(m, scores(i, j));
+      m = quad_allreduce(m, MaxOp{});
+      // A row with nothing visible yet keeps max -inf; offset by 0 instead so that
+      // 2^(-inf - 0) = 0 rather than 2^(-inf + inf) = NaN.
+      const float offset = m == -INFINITY ? 0.f : m * scale_log2;
+      const float rescale = exp2_approx(row_max[i] * scale_log2 - offset);
+      row_max[i] = m;
+      row_sum[i] *= rescale;
+      CUTE_UNROLL
+      for (int j = 0; j < size<1>(out); ++j) out(i, j) *= rescale;
+      float sum = 0.f;
+      CUTE_UNROLL
+      for (int j = 0; j < size<1>(scores); ++j) {
+        const float p = exp2_approx(scores(i, j) * scale_log2 - offset);
+        scores(i, j) = p;
+        sum += p;
+      }
+      row_sum[i] += sum;
+    }
+  }
+
+  // Normalize the output rows and return each row's natural-log lse in lse[i].
+  // Rows that saw no visible key have sum 0: output 0 and lse -inf.
+  template <class Out>
+  __device__ __forceinline__ void finalize(Out& out, float scale, float (&lse)[kRows]) {
+    using namespace cute;
+    CUTE_UNROLL
+    for (int i = 0; i < kRows; ++i) {
+      const float sum = quad_allreduce(row_sum[i], SumOp{});
+      const bool empty = sum == 0.f;
+      const float inv = empty ? 0.f : 1.f / sum;
+      lse[i] = empty ? -INFINITY : row_max[i] * scale + logf(sum);
+      CUTE_UNROLL
+      for (int j = 0; j < size<1>(out); ++j) out(i, j) *= inv;
+    }
+  }
+};
+
+}  // namespace jax_flash

@@ -1,0 +1,230 @@
+// Forward attention for sm80 and newer: FlashAttention-2's algorithm on mma.sync tensor cores.
+//
+// Dimension legend (params.h letters): B batch, T queries, S keys, N query heads, K kv heads
+// (G = N / K), H head dim (runtime, multiple of 8, <= kHeadDim).
+// Tiles (traits.h): kBlockM query rows per CTA, kBlockN keys per step, kHeadDim padded H.
+//
+// One CTA computes O[b, row0 : row0 + kBlockM, n, :] and its lse. Q stays in shared memory;
+// K and V tiles stream through one buffer each, so each load overlaps the other's math:
+//
+//   wait K[j]  | issue V[j]      | S = Q K[j]^T (mask boundary tiles)
+//   wait V[j]  | issue K[j - 1]  | online softmax, O += P V[j]   (P stays in registers)
+//
+// Key tiles are walked from the last visible one down to the first; tiles wholly outside the
+// window are never loaded, and only tiles crossing a window edge or S apply an element mask.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cfloat>
+
+#include <cute/tensor.hpp>
+
+#include "common/mask.h"
+#include "common/softmax.cuh"
+#include "common/util.cuh"
+#include "params.h"
+
+namespace jax_flash::sm80 {
+
+// Order of CTAs in the 1-D grid.
+enum class FwdOrder : int {
+  kRowBlocksFastest = 0,  // consecutive CTAs take consecutive q-blocks of one (b, n)
+  kHeavyFirst = 1,        // consecutive CTAs take one q-block of every (b, n), last q-block
+                          // first: with a causal mask the last q-blocks do the most work
+};
+
+template <class Traits>
+__global__ void __launch_bounds__(Traits::kNThreads, 1)
+    fwd_kernel(const __grid_constant__ FwdParams params, int num_m_blocks, FwdOrder order) {
+  using namespace cute;
+  using Element = typename Traits::Element;
+  constexpr int kBlockM = Traits::kBlockM;
+  constexpr int kBlockN = Traits::kBlockN;
+  constexpr int kHeadDim = Traits::kHeadDim;
+  const int tid = threadIdx.x;
+
+  // ---- which tile ----
+  const int num_bh = params.b * params.n;
+  int m_block, bh;
+  if (order == FwdOrder::kHeavyFirst) {
+    bh = blockIdx.x % num_bh;
+    m_block = num_m_blocks - 1 - int(blockIdx.x / num_bh);
+  } else {
+    m_block = blockIdx.x % num_m_blocks;
+    bh = blockIdx.x / num_m_blocks;
+  }
+  const int b = bh / params.n;
+  const int head = bh % params.n;
+  const int kv_head = head / params.group;
+  const int row0 = m_block * kBlockM;
+  const int rows = min(kBlockM, params.t - row0);
+  const Window window{params.window_left, params.window_right};
+  const Range keys = window.keys_of_rows(row0, row0 + rows, params.s);
+
+  Tensor gQ = make_tensor(
+      make_gmem_ptr(static_cast<const Element*>(params.q) + b * params.q_batch_stride +
+                    head * params.q_head_stride + int64_t(row0) * params.q_row_stride),
+      Shape<Int<kBlockM>, Int<kHeadDim>>{}, make_stride(params.q_row_stride, _1{}));
+  // Built where used (not hoisted above the main loop) to keep registers free inside it.
+  auto o_tile = [&]() {
+    return make_tensor(
+        make_gmem_ptr(static_cast<Element*>(params.o) + b * params.o_batch_stride +
+                      head * params.o_head_stride + int64_t(row0) * params.o_row_stride),
+        Shape<Int<kBlockM>, Int<kHeadDim>>{}, make_stride(params.o_row_stride, _1{}));
+  };
+  auto lse_out = [&]() { return params.lse + (int64_t(b) * params.n + head) * params.t + row0; };
+  typename Traits::GmemStore gmem_store;
+  auto gmem_store_thr = gmem_store.get_thread_slice(tid);
+  auto o_coord = [&]() {
+    return gmem_store_thr.partition_D(make_identity_tensor(Shape<Int<kBlockM>, Int<kHeadDim>>{}));
+  };
+
+  if (keys.empty()) {  // no row of this block sees any key: O = 0, lse = -inf
+    Tensor tOgO = gmem_store_thr.partition_D(o_tile());
+    Tensor zeros = make_fragment_like(tOgO);
+    clear(zeros);
+    store_tile_predicated(gmem_store, zeros, tOgO, o_coord(), rows, params.h);
+    float* lse = lse_out();
+    for (int r = tid; r < rows; r += Traits::kNThreads) lse[r] = -INFINITY;
+    return;
+  }
+  const int n_block_first = keys.lo / kBlockN;
+  const int n_block_last = ceil_div(keys.hi, kBlockN) - 1;
+  // Key tiles inside this range are visible to every row: no element mask.
+  const Range unmasked = window.keys_of_all_rows(row0, row0 + rows, params.s);
+
+  const Element* k_head = static_cast<const Element*>(params.k) + b * params.k_batch_stride +
+                          kv_head * params.k_head_stride;
+  const Element* v_head = static_cast<const Element*>(params.v) + b * params.v_batch_stride +
+                          kv_head * params.v_head_stride;
+  auto k_tile = [&](int n_block) {
+    return make_tensor(make_gmem_ptr(k_head + int64_t(n_block) * kBlockN * params.k_row_stride),
+                       Shape<Int<kBlockN>, Int<kHeadDim>>{}, make_stride(params.k_row_stride, _1{}));
+  };
+  auto v_tile = [&](int n_block) {
+    return make_tensor(make_gmem_ptr(v_head + int64_t(n_block) * kBlockN * params.v_row_stride),
+                       Shape<Int<kBlockN>, Int<kHeadDim>>{}, make_stride(params.v_row_stride, _1{}));
+  };
+
+  // ---- shared memory ----
+  extern __shared__ __align__(128) char smem[];
+  Tensor sQ = make_tensor(make_smem_ptr(reinterpret_cast<Element*>(smem)),
+                          typename Traits::SmemLayoutQ{});
+  Tensor sK = make_tensor(sQ.data() + Int<Traits::kSmemQElems>{}, typename Traits::SmemLayoutKV{});
+  Tensor sV = make_tensor(sK.data() + Int<Traits::kSmemKVElems>{}, typename Traits::SmemLayoutKV{});
+  Tensor sVt = make_tensor(sV.data(), typename Traits::SmemLayoutVt{});
+
+  typename Traits::GmemLoad gmem_load;
+  auto gmem_load_thr = gmem_load.get_thread_slice(tid);
+  Tensor tQsQ = gmem_load_thr.partition_D(sQ);
+  Tensor tKsK = gmem_load_thr.partition_D(sK);
+  Tensor tVsV = gmem_load_thr.partition_D(sV);
+  Tensor tQcQ = gmem_load_thr.partition_S(make_identity_tensor(Shape<Int<kBlockM>, Int<kHeadDim>>{}));
+  Tensor tKVcKV = gmem_load_thr.partition_S(make_identity_tensor(Shape<Int<kBlockN>, Int<kHeadDim>>{}));
+  auto load_k = [&](int n_block) {
+    copy_tile_zfill(gmem_load, gmem_load_thr.partition_S(k_tile(n_block)), tKsK, tKVcKV,
+                    params.s - n_block * kBlockN, params.h);
+  };
+  auto load_v = [&](int n_block) {
+    copy_tile_zfill(gmem_load, gmem_load_thr.partition_S(v_tile(n_block)), tVsV, tKVcKV,
+                    params.s - n_block * kBlockN, params.h);
+  };
+
+  copy_tile_zfill(gmem_load, gmem_load_thr.partition_S(gQ), tQsQ, tQcQ, rows, params.h);
+  cp_async_fence();
+  load_k(n_block_last);
+  cp_async_fence();
+
+  // ---- mma partitions ----
+  typename Traits::TiledMma mma;
+  auto thr_mma = mma.get_thread_slice(tid);
+  Tensor tSrQ = thr_mma.partition_fragment_A(sQ);    // (MMA, MMA_M, MMA_K)
+  Tensor tSrK = thr_mma.partition_fragment_B(sK);    // (MMA, MMA_N, MMA_K)
+  Tensor tOrVt = thr_mma.partition_fragment_B(sVt);  // (MMA, MMA_H, MMA_N)
+  Tensor acc_o = partition_fragment_C(mma, Shape<Int<kBlockM>, Int<kHeadDim>>{});
+  clear(acc_o);
+
+  auto smem_copy_q = make_tiled_copy_A(typename Traits::SmemCopyAtom{}, mma);
+  auto smem_copy_q_thr = smem_copy_q.get_thread_slice(tid);
+  Tensor tSsQ = smem_copy_q_thr.partition_S(sQ);
+  auto smem_copy_k = make_tiled_copy_B(typename Traits::SmemCopyAtom{}, mma);
+  auto smem_copy_k_thr = smem_copy_k.get_thread_slice(tid);
+  Tensor tSsK = smem_copy_k_thr.partition_S(sK);
+  auto smem_copy_v = make_tiled_copy_B(typename Traits::SmemCopyAtomT{}, mma);
+  auto smem_copy_v_thr = smem_copy_v.get_thread_slice(tid);
+  Tensor tOsVt = smem_copy_v_thr.partition_S(sVt);
+
+  // Tile-local (row, col) of every score register, for the element mask and the lse rows.
+  Tensor tScS = rowcol_view(thr_mma.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kBlockN>>{})));
+  Tensor acc_o_rc = rowcol_view(acc_o);
+  constexpr int kRows = decltype(size<0>(acc_o_rc))::value;
+  OnlineSoftmax<kRows> softmax;
+
+  // The math uses |scale| (and a floor that keeps 0 * inf out of masked scores); a negative
+  // scale is honoured by negating Q once in shared memory, since scale * q.k = |scale| (-q).k.
+  const float scale = fmaxf(fabsf(params.scale), FLT_MIN);
+  const float scale_log2 = fmaxf(fabsf(params.scale_log2), FLT_MIN);
+  if (params.scale < 0.f) {
+    cp_async_wait<1>();  // this thread's part of Q has landed; the loop's first barrier publishes it
+    flip_sign_bits(tQsQ);
+  }
+
+  for (int n_block = n_block_last; n_block >= n_block_first; --n_block) {
+    Tensor acc_s = partition_fragment_C(mma, Shape<Int<kBlockM>, Int<kBlockN>>{});
+    clear(acc_s);
+    cp_async_wait<0>();  // K[n_block] (and Q on the first step) have landed for this thread
+    __syncthreads();  // ... for all threads; and every warp is done reading the previous V
+    load_v(n_block);
+    cp_async_fence();
+
+    gemm_smem_smem(mma, acc_s, tSrQ, tSrK, tSsQ, tSsK, smem_copy_q, smem_copy_k, smem_copy_q_thr,
+                   smem_copy_k_thr);
+    Tensor scores = rowcol_view(acc_s);
+    const int col0 = n_block * kBlockN;
+    if (col0 < unmasked.lo || col0 + kBlockN > unmasked.hi) {
+      mask_scores(scores, tScS, row0, col0, window, params.s);
+    }
+
+    cp_async_wait<0>();
+    __syncthreads();  // V[n_block] visible to all; every warp is done reading K[n_block]
+    if (n_block > n_block_first) {
+      load_k(n_block - 1);
+      cp_async_fence();
+    }
+
+    softmax.update(scores, acc_o_rc, scale_log2);
+    Tensor p = make_tensor<Element>(acc_s.layout());
+    convert_fragment(acc_s, p);
+    Tensor p_a = make_tensor(p.data(), acc_as_operand_a_layout(p.layout()));
+    gemm_reg_smem(mma, acc_o, p_a, tOrVt, tOsVt, smem_copy_v, smem_copy_v_thr);
+  }
+
+  // ---- epilogue: normalize, stage O through shared memory (Q's space: the last read of sQ
+  // came before the loop's second barrier), then 16-byte predicated stores ----
+  float lse[kRows];
+  softmax.finalize(acc_o_rc, scale, lse);
+  Tensor r_o = make_tensor<Element>(acc_o.layout());
+  convert_fragment(acc_o, r_o);
+  Tensor sO = make_tensor(sQ.data(), typename Traits::SmemLayoutQ{});
+  auto smem_copy_o = make_tiled_copy_C(typename Traits::SmemCopyAtomO{}, mma);
+  auto smem_copy_o_thr = smem_copy_o.get_thread_slice(tid);
+  copy(smem_copy_o, smem_copy_o_thr.retile_S(r_o), smem_copy_o_thr.partition_D(sO));
+
+  if (get<1>(tScS(0, 0)) == 0) {  // the quad lane holding column 0 writes its rows' lse
+    float* lse_rows = lse_out();
+    CUTE_UNROLL
+    for (int i = 0; i < kRows; ++i) {
+      const int r = get<0>(tScS(i, 0));
+      if (r < rows) lse_rows[r] = lse[i];
+    }
+  }
+  __syncthreads();
+  Tensor tOsO = gmem_store_thr.partition_S(sO);
+  Tensor r_out = make_fragment_like(tOsO);
+  copy(gmem_store, tOsO, r_out);
+  store_tile_predicated(gmem_store, r_out, gmem_store_thr.partition_D(o_tile()), o_coord(), rows,
+                        params.h);
+}
+
+}  // namespace jax_flash::sm80

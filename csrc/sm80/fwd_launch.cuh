@@ -1,0 +1,70 @@
+// Host side of the sm80 forward kernel: checks, grid, shared-memory limit, launch.
+// Included by one generated translation unit per (dtype, head dim), which instantiates
+// run_fwd<Element, kHeadDim>; launch_fwd<Traits> is also used by tests/cuda to try tiles.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+#include "params.h"
+#include "sm80/fwd_kernel.cuh"
+#include "sm80/launch.h"
+#include "sm80/traits.h"
+
+namespace jax_flash::sm80 {
+
+// The default CTA order: heaviest-first wherever the work per q-block grows with the block
+// index (a right-bounded window with no left bound, e.g. causal), else q-blocks fastest so
+// that CTAs resident together share one head's K/V in L2.
+inline FwdOrder default_fwd_order(const FwdParams& p) {
+  const bool growing = p.window_right != kUnbounded && p.window_left == kUnbounded;
+  return growing ? FwdOrder::kHeavyFirst : FwdOrder::kRowBlocksFastest;
+}
+
+// cp.async moves 16 bytes: every base pointer and stride must keep rows 16-byte aligned.
+template <typename Element>
+inline bool fwd_aligned(const FwdParams& p) {
+  constexpr int64_t kVec = 16 / sizeof(Element);
+  auto ptr_ok = [](const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; };
+  const int64_t strides[] = {p.q_batch_stride, p.q_row_stride, p.q_head_stride,
+                             p.k_batch_stride, p.k_row_stride, p.k_head_stride,
+                             p.v_batch_stride, p.v_row_stride, p.v_head_stride,
+                             p.o_batch_stride, p.o_row_stride, p.o_head_stride};
+  for (int64_t s : strides) {
+    if (s % kVec != 0) return false;
+  }
+  return ptr_ok(p.q) && ptr_ok(p.k) && ptr_ok(p.v) && ptr_ok(p.o);
+}
+
+template <class Traits>
+cudaError_t launch_fwd(const FwdParams& p, cudaStream_t stream, FwdOrder order) {
+  using Element = typename Traits::Element;
+  if (p.h <= 0 || p.h % 8 != 0 || p.h > Traits::kHeadDim || p.hv != p.h || p.b < 0 || p.t < 0 ||
+      p.s < 0 || p.n <= 0 || p.n_kv <= 0 || p.group <= 0 || p.n != p.n_kv * p.group ||
+      p.window_left < 0 || p.window_right < 0 || !fwd_aligned<Element>(p)) {
+    return cudaErrorInvalidValue;
+  }
+  const int64_t num_m_blocks = (int64_t(p.t) + Traits::kBlockM - 1) / Traits::kBlockM;
+  const int64_t num_ctas = num_m_blocks * p.b * p.n;
+  if (num_ctas == 0) return cudaSuccess;
+  if (num_ctas > INT32_MAX) return cudaErrorInvalidConfiguration;
+
+  auto kernel = &fwd_kernel<Traits>;
+  constexpr int kSmem = Traits::kSmemBytes;
+  if (kSmem > 48 * 1024) {
+    const cudaError_t err =
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
+    if (err != cudaSuccess) return err;
+  }
+  kernel<<<unsigned(num_ctas), Traits::kNThreads, kSmem, stream>>>(p, int(num_m_blocks), order);
+  return cudaGetLastError();
+}
+
+template <typename Element, int kHeadDim>
+cudaError_t run_fwd(const FwdParams& params, cudaStream_t stream) {
+  using Traits = typename FwdDefaultTraits<Element, kHeadDim>::type;
+  return launch_fwd<Traits>(params, stream, default_fwd_order(params));
+}
+
+}  // namespace jax_flash::sm80
