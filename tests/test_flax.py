@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+import jax_flash
 import jax_flash.flax as jf
 from jax_flash.flax import dot_product_attention
 from jax_flash.flax import nnx as jf_nnx
@@ -350,3 +351,44 @@ def test_bad_module_arguments_raise():
   win.init_cache(x.shape)
   with pytest.raises(ValueError, match="local_window_size"):
     win(x[:, :1], decode=True)
+
+
+# -- bfloat16, and on a GPU the CUDA kernels ------------------------------------------
+
+
+def _check_bf16_module(implementation):
+  """The NNX module in bf16 on `implementation` (forced: no silent fallback) against
+  Flax's float32 module with the same parameters, outputs and parameter gradients."""
+  t, n, h = 256, 8, 64
+  x = rand(60, (2, t, n * h))
+  fn = functools.partial(dot_product_attention, implementation=implementation)
+  ours = jf_nnx.MultiHeadAttention(n, n * h, is_causal=True, decode=False,
+                                   dtype=jnp.bfloat16, attention_fn=fn, rngs=nnx.Rngs(0))
+  ref = nnx.MultiHeadAttention(n, n * h, decode=False, rngs=nnx.Rngs(1))
+  nnx.update(ref, nnx.state(ours, nnx.Param))
+  causal = nn.make_causal_mask(jnp.ones((2, t)))
+  sq = lambda y: jnp.sum(y.astype(jnp.float32) ** 2)
+
+  want_out = ref(x, mask=causal)
+  close(ours(x), want_out, atol=0.03 * float(jnp.abs(want_out).max()), rtol=0.05)
+  got = nnx.grad(lambda mod: sq(mod(x)))(ours)
+  want = nnx.grad(lambda mod: sq(mod(x, mask=causal)))(ref)
+  # One scale for all leaves: the key bias gradient is exactly 0 in exact arithmetic
+  # (softmax ignores a per-row shift), so only bf16 rounding remains there.
+  scale = max(float(jnp.abs(w).max()) for w in jax.tree.leaves(want))
+  jax.tree.map(lambda g, w: close(g, w, atol=0.03 * scale, rtol=0.1), got, want)
+
+
+def test_bf16_module_pure_jax_path():
+  _check_bf16_module("xla")
+
+
+@pytest.mark.gpu
+def test_bf16_module_cuda_kernels():
+  q = jax.ShapeDtypeStruct((2, 256, 8, 64), jnp.bfloat16)
+  try:
+    jax.eval_shape(functools.partial(jax_flash.attention, is_causal=True,
+                                     implementation="cuda"), q, q, q)
+  except ValueError as e:
+    pytest.skip(f"the CUDA kernels cannot run here: {e}")
+  _check_bf16_module("cuda")
