@@ -214,18 +214,24 @@ __device__ __forceinline__ void zero(float (&acc)[kMT][kNT][4]) {
 // smem tile of kRows x kCols, zero-filling the rest. `row_stride` is in elements.
 template <int kRows, int kCols, int kThreads, typename Element>
 __device__ __forceinline__ void load_tile(uint32_t dst, const Element* src, int64_t row_stride,
-                                          int valid_rows, int valid_cols, int tid) {
+                                          int valid_rows, int valid_cols, unsigned tid) {
   constexpr int kChunksPerRow = kCols / 8;
-  constexpr int kChunks = kRows * kChunksPerRow;
-  static_assert(kChunks % kThreads == 0, "tile copy must split evenly");
+  // Each pass covers kRowsPerPass whole rows; a multiple of 8 keeps every thread's
+  // swizzle key (row % 8) fixed, so later passes are plain offsets from the first.
+  constexpr int kRowsPerPass = kThreads / kChunksPerRow;
+  static_assert(kThreads % kChunksPerRow == 0 && kRowsPerPass % 8 == 0 &&
+                    kRows % kRowsPerPass == 0,
+                "tile copy must split into whole rows, 8 at a time");
+  const int chunk = tid % kChunksPerRow;
+  const int row = tid / kChunksPerRow;
+  const bool col_ok = chunk * 8 < valid_cols;
+  const Element* first = src + row * row_stride + chunk * 8;
+  const uint32_t first_dst = dst + tile_offset<kCols>(row, chunk, row & 7);
 #pragma unroll
-  for (int i = 0; i < kChunks / kThreads; ++i) {
-    const int idx = tid + i * kThreads;
-    const int row = idx / kChunksPerRow;
-    const int chunk = idx % kChunksPerRow;
-    const bool valid = row < valid_rows && chunk * 8 < valid_cols;
-    const Element* p = valid ? src + row * row_stride + chunk * 8 : src;
-    cp_async_16(dst + tile_offset<kCols>(row, chunk, row & 7), p, valid);
+  for (int i = 0; i < kRows / kRowsPerPass; ++i) {
+    const bool valid = col_ok && row + i * kRowsPerPass < valid_rows;
+    const Element* p = first + i * kRowsPerPass * row_stride;
+    cp_async_16(first_dst + i * kRowsPerPass * (kCols * 2), valid ? p : src, valid);
   }
 }
 
@@ -233,7 +239,8 @@ __device__ __forceinline__ void load_tile(uint32_t dst, const Element* src, int6
 // The kernel.
 
 template <typename Element, typename Cfg>
-__global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm) bwd_kernel(const __grid_constant__ BwdParams p) {
+__global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm)
+    bwd_kernel(const __grid_constant__ BwdParams p) {
   constexpr int kH = Cfg::kHeadDim;
   constexpr int kBr = Cfg::kBlockM;
   constexpr int kBc = Cfg::kBlockN;
@@ -263,14 +270,20 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm) bwd_kernel(con
   const int n_start = n_block * kBc;
   const int n_valid = min(kBc, p.s - n_start);
 
-  // The band: queries i that see at least one of keys [n_start, n_start + n_valid).
+  // The band: queries i that see at least one of keys [n_start, n_start + n_valid), as
+  // query blocks [m_begin, m_end). A function so the loop can recompute m_begin from
+  // constants instead of holding it in a register.
   const bool left_bounded = p.window_left < kUnbounded;
   const bool right_bounded = p.window_right < kUnbounded;
+  auto first_block = [&](int block_start) {
+    const int64_t lo = right_bounded ? max(int64_t{0}, int64_t{block_start} - p.window_right) : 0;
+    return static_cast<int>(lo / kBr);
+  };
   const int64_t i_lo = right_bounded ? max(int64_t{0}, int64_t{n_start} - p.window_right) : 0;
   const int64_t i_hi = left_bounded
                            ? min(int64_t{p.t}, int64_t{n_start} + n_valid + p.window_left)
                            : int64_t{p.t};
-  const int m_begin = static_cast<int>(i_lo / kBr);
+  const int m_begin = first_block(n_start);
   const int m_end = i_hi > i_lo ? static_cast<int>((i_hi + kBr - 1) / kBr) : m_begin;
   const int num_m = m_end - m_begin;
   const int num_steps = p.group * num_m;
@@ -336,7 +349,9 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm) bwd_kernel(con
     const uint32_t sDO = s_base + Cfg::kSmemDO + stage * Cfg::kTileQBytes;
     const int m0 = m_blk * kBr;
     const bool last_block = m_blk + 1 == m_end;
-    const int next_m = last_block ? m_begin : m_blk + 1;
+    int block_x;
+    asm volatile("mov.u32 %0, %%ctaid.x;\n" : "=r"(block_x));
+    const int next_m = last_block ? first_block(block_x * kBc) : m_blk + 1;
     const int next_head = last_block ? head + 1 : head;
 
     // This step's tiles have landed, and every warp is done with the previous step's
@@ -453,6 +468,52 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm) bwd_kernel(con
     store_scores(sDS, dp);
     __syncthreads();
 
+    // dQ = scale * dS K, added into dq_accum; in kQPasses column slices when a whole
+    // warp tile of dQ would not fit in registers beside dK and dV.
+    auto compute_dq = [&]() {
+      float* dq_ptr = p.dq_accum + batch * p.dq_batch_stride + head * p.dq_head_stride;
+#pragma unroll 1
+      for (int pass = 0; pass < Cfg::kQPasses; ++pass) {
+        constexpr int kPassNT = kQNT / Cfg::kQPasses;
+        const int pass_n0 = q_n0 + pass * kPassNT * 8;
+        float dq[kQMT][kPassNT][4];
+        zero(dq);
+        warp_gemm<Element, kQMT, kPassNT, kBc, false, kBc, true, kH>(dq, sDS, q_m0, sK, pass_n0);
+        // Interior blocks (every row and column real) add without per-element checks.
+        auto add_dq = [&](auto checked) {
+          const int lane_now = lane_id();
+#pragma unroll
+          for (int mt = 0; mt < kQMT; ++mt) {
+#pragma unroll
+            for (int half = 0; half < 2; ++half) {
+              const int i = m0 + q_m0 + mt * 16 + lane_now / 4 + half * 8;
+              const int col = pass_n0 + 2 * (lane_now % 4);
+              float* row = dq_ptr + int64_t{checked ? min(i, p.t - 1) : i} * p.dq_row_stride + col;
+#pragma unroll
+              for (int nt = 0; nt < kPassNT; ++nt) {
+                if (checked && !(i < p.t && col + nt * 8 < p.h)) continue;
+                const float x = dq[mt][nt][2 * half] * p.scale;
+                const float y = dq[mt][nt][2 * half + 1] * p.scale;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+                // One vector reduction instead of two (sm90+): halves the atomic operations.
+                atomicAdd(reinterpret_cast<float2*>(row + nt * 8), make_float2(x, y));
+#else
+                atomicAdd(row + nt * 8, x);
+                atomicAdd(row + nt * 8 + 1, y);
+#endif
+              }
+            }
+          }
+        };
+        if (m0 + kBr <= p.t && p.h == kH) {
+          add_dq(std::false_type{});
+        } else {
+          add_dq(std::true_type{});
+        }
+      }
+    };
+    if constexpr (Cfg::kDQFirst) compute_dq();
+
     // dV += P^T dO and dK += dS^T Q: A is the transpose of the stored [Br][Bc] tile, B the
     // stored [Br][H] tile read as [K][N].
     warp_gemm<Element, kKVMT, kKVNT, kBr, true, kBc, true, kH>(acc_dv, sP, kv_m0, sDO, kv_n0);
@@ -465,41 +526,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm) bwd_kernel(con
       cp_async_commit();
     }
 
-    // dQ = scale * dS K, added into dq_accum; in kQPasses column slices when a whole
-    // warp tile of dQ would not fit in registers beside dK and dV.
-    float* dq_ptr = p.dq_accum + batch * p.dq_batch_stride + head * p.dq_head_stride;
-#pragma unroll 1
-    for (int pass = 0; pass < Cfg::kQPasses; ++pass) {
-      constexpr int kPassNT = kQNT / Cfg::kQPasses;
-      const int pass_n0 = q_n0 + pass * kPassNT * 8;
-      float dq[kQMT][kPassNT][4];
-      zero(dq);
-      warp_gemm<Element, kQMT, kPassNT, kBc, false, kBc, true, kH>(dq, sDS, q_m0, sK, pass_n0);
-      const int lane_now = lane_id();
-#pragma unroll
-      for (int mt = 0; mt < kQMT; ++mt) {
-#pragma unroll
-        for (int half = 0; half < 2; ++half) {
-          const int i = m0 + q_m0 + mt * 16 + lane_now / 4 + half * 8;
-          float* row = dq_ptr + int64_t{min(i, p.t - 1)} * p.dq_row_stride;
-#pragma unroll
-          for (int nt = 0; nt < kPassNT; ++nt) {
-            const int col = pass_n0 + nt * 8 + 2 * (lane_now % 4);
-            const float x = dq[mt][nt][2 * half] * p.scale;
-            const float y = dq[mt][nt][2 * half + 1] * p.scale;
-            if (i < p.t && col < p.h) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-              // One vector reduction instead of two (sm90+): halves the atomic operations.
-              atomicAdd(reinterpret_cast<float2*>(row + col), make_float2(x, y));
-#else
-              atomicAdd(row + col, x);
-              atomicAdd(row + col + 1, y);
-#endif
-            }
-          }
-        }
-      }
-    }
+    if constexpr (!Cfg::kDQFirst) compute_dq();
     head = next_head;
     m_blk = next_m;
   }
@@ -522,7 +549,8 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm) bwd_kernel(con
         const int col = kv_n0 + nt * 8 + 2 * t;
         if (col >= p.h) continue;
         *reinterpret_cast<uint32_t*>(dk_ptr + int64_t{j} * p.dk_row_stride + col) =
-            pack2<Element>(acc_dk[mt][nt][2 * half] * p.scale, acc_dk[mt][nt][2 * half + 1] * p.scale);
+            pack2<Element>(acc_dk[mt][nt][2 * half] * p.scale,
+                           acc_dk[mt][nt][2 * half + 1] * p.scale);
         *reinterpret_cast<uint32_t*>(dv_ptr + int64_t{j} * p.dv_row_stride + col) =
             pack2<Element>(acc_dv[mt][nt][2 * half], acc_dv[mt][nt][2 * half + 1]);
       }

@@ -13,7 +13,7 @@ namespace jax_flash::sm80 {
 
 template <int kHeadDim_, int kBlockM_, int kBlockN_, int kWarps_, int kSdPWarpsM_,
           int kKVWarpsM_, int kQWarpsM_, bool kDoubleBuffer_, int kQPasses_ = 1,
-          int kCtasPerSm_ = 1>
+          int kCtasPerSm_ = 1, bool kDQFirst_ = false>
 struct BwdConfig {
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kBlockM = kBlockM_;  // query rows per step
@@ -35,6 +35,8 @@ struct BwdConfig {
   static constexpr int kQWarpsN = kWarps / kQWarpsM;
   // dQ is computed in this many column slices (fewer live registers, more A reloads).
   static constexpr int kQPasses = kQPasses_;
+  // dQ (and its atomics) before dK/dV in each step rather than after.
+  static constexpr bool kDQFirst = kDQFirst_;
 
   // Warp tiles.
   static constexpr int kSdPTileM = kBlockM / kSdPWarpsM;

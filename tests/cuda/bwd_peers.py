@@ -32,7 +32,7 @@ def main():
   seqlens = [int(x) for x in sys.argv[1:]] or [2048, 4096, 16384]
   print("device:", torch.cuda.get_device_name())
   backends = {"fa2": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION}
-  for hdim in (64, 128):
+  for hdim in (64, 128, 256):
     for causal in (False, True):
       for t in seqlens:
         b, n = 16384 // t, 2048 // hdim
