@@ -481,8 +481,6 @@ void time_config(const char* cfg_name, const std::vector<int>& seqlens, bool onc
 
 // Alternative tile configurations timed beside the defaults.
 using H64_M64 = BwdConfig<64, 64, 128, 8, 2, 4, 2, true>;
-using H64_DQ1 = BwdConfig<64, 128, 128, 8, 2, 4, 4, true, 1, 1, true>;
-using H128_DQ1 = BwdConfig<128, 64, 128, 8, 2, 4, 2, true, 1, 1, true>;
 
 int main(int argc, char** argv) {
   std::setvbuf(stdout, nullptr, _IOLBF, 0);  // keep lines if the run is cut off
@@ -502,20 +500,14 @@ int main(int argc, char** argv) {
       fails += run_cases<fp16, BwdTraits<128>::Config>("default", true);
       fails += run_cases<fp16, BwdTraits<256>::Config>("default", true);
       fails += run_cases<bf16, H64_M64>("h64 Br64", true);
-      fails += run_cases<bf16, H64_DQ1>("h64 dq-first", false);
-      fails += run_cases<bf16, H128_DQ1>("h128 dq-first", false);
-      fails += run_cases<fp16, H64_DQ1>("h64 dq-first", true);
-      fails += run_cases<fp16, H128_DQ1>("h128 dq-first", true);
     }
     std::printf("CHECK %s: %d failing cases\n", fails ? "FAILED" : "passed", fails);
   }
   if (mode == "all" || mode == "time") {
     const std::vector<int> seqlens = {1024, 2048, 4096, 8192, 16384};
     time_config<BwdTraits<64>::Config>("h64 default 128x128", seqlens);
-    time_config<H64_DQ1>("h64 dq-first", seqlens);
     time_config<H64_M64>("h64 Br64", seqlens);
     time_config<BwdTraits<128>::Config>("h128 default 64x128", seqlens);
-    time_config<H128_DQ1>("h128 dq-first", seqlens);
     time_config<BwdTraits<256>::Config>("h256 default 64x64", {1024, 4096, 16384});
   }
   if (mode == "profile") {  // one shape per head dim, for ncu
