@@ -6,6 +6,7 @@ The CPU devices must be configured before JAX starts its backends: if another te
 started them first, `test_module_in_subprocess` reruns this module in a fresh process.
 """
 
+import json
 import os
 import re
 import subprocess
@@ -226,3 +227,16 @@ def test_errors(devices, what):
                     mesh=seq_mesh(), in_specs=ROWS, out_specs=ROWS, check_vma=False)
   with pytest.raises(ValueError, match=message):
     jax.jit(f)(q, k, v)
+
+
+def test_ring_benchmark_smoke(tmp_path):
+  """examples/ring_benchmark.py --smoke: the GPU acceptance script runs and checks values."""
+  script = os.path.join(os.path.dirname(__file__), "..", "examples", "ring_benchmark.py")
+  out = tmp_path / "ring.json"
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join(sys.path))
+  proc = subprocess.run([sys.executable, script, "--smoke", "--json", str(out)], env=env,
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  report = json.loads(out.read_text())
+  assert report["check_ok"] and len(report["results"]) == 3
+  assert all(r["fwd_ms"] > 0 and r["fwd_bwd_ms"] > 0 for r in report["results"])
