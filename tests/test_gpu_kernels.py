@@ -355,27 +355,36 @@ def test_public_api(case):
 
 
 @gpu_test
-def test_public_api_under_vmap():
-  """vmap over q alone: ffi_call's broadcast_all gives every operand the extra leading dim
-  and the handlers fold it into the batch."""
+@pytest.mark.parametrize("path", ["public_api", "ffi_broadcast_all"])
+def test_vmap_over_queries(path):
+  """vmap over q (and dout) with k, v shared. public_api: jax_flash.attention under
+  vmap(grad). ffi_broadcast_all: _cuda.fwd/bwd vmapped directly, so ffi_call's
+  broadcast_all hands the handlers 5-D operands whose leading dims they fold into B."""
   dtype = jnp.bfloat16
   q, _, _, dout, _ = _inputs(13, dtype, 3 * 2, 150, 150, 4, 2, 64)
   _, k, v, _, _ = _inputs(14, dtype, 2, 150, 150, 4, 2, 64)
   q, dout = q.reshape(3, 2, 150, 4, 64), dout.reshape(3, 2, 150, 4, 64)
+  cfg = AttnConfig(scale=1 / 8, window_left=UNBOUNDED, window_right=0)
 
-  def loss(q, k, v, dout):
-    out = jax_flash.attention(q, k, v, is_causal=True, implementation="cuda")
-    return jnp.sum(out.astype(jnp.float32) * dout.astype(jnp.float32)), out
+  if path == "public_api":
+    def grads(q, k, v, dout):
+      def loss(q, k, v):
+        out = jax_flash.attention(q, k, v, is_causal=True, implementation="cuda")
+        return jnp.sum(out.astype(jnp.float32) * dout.astype(jnp.float32)), out
+      (dq, dk, dv), out = jax.grad(loss, argnums=(0, 1, 2), has_aux=True)(q, k, v)
+      return out, dq, dk, dv
+  else:
+    def grads(q, k, v, dout):
+      out, lse = _cuda.fwd(q, k, v, Extras(), cfg)
+      dq, dk, dv, _ = _cuda.bwd(q, k, v, Extras(), out, lse, dout, None, cfg)
+      return out, dq, dk, dv
+  out, dq, dk, dv = jax.jit(jax.vmap(grads, in_axes=(0, None, None, 0)))(q, k, v, dout)
 
-  grads = jax.jit(jax.vmap(jax.grad(loss, argnums=(0, 1, 2), has_aux=True),
-                           in_axes=(0, None, None, 0)))
-  (dq, dk, dv), out = grads(q, k, v, dout)
-  # Reference: the same 3 x 2 problems as one batch of 6 with k, v repeated.
+  # Reference: the same 3 x 2 problems as one batch of 6 with k, v repeated; dk, dv of
+  # the vmapped call are per slice, as are those of the repeated k, v.
   rep = lambda x: jnp.tile(x, (3, 1, 1, 1))  # noqa: E731
-  lse_ct = jnp.zeros((6, 4, 150), jnp.float32)
   refs = _references(q.reshape(6, 150, 4, 64), rep(k), rep(v), dout.reshape(6, 150, 4, 64),
-                     lse_ct, scale=1 / 8, window=CAUSAL)
-  # dk, dv of the vmapped call are per slice, as are those of the repeated k, v.
+                     jnp.zeros((6, 4, 150), jnp.float32), scale=1 / 8, window=CAUSAL)
   ref, naive = refs["ref"], refs["naive"]
   _assert_close("out", out.reshape(6, 150, 4, 64), ref[0], naive[0], dtype)
   _assert_close("dq", dq.reshape(6, 150, 4, 64), ref[2], naive[2], dtype)

@@ -11,6 +11,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstdint>
@@ -173,7 +174,7 @@ ffi::Error decode_attn(const char* target, const ffi::AnyBuffer& q, const ffi::A
   p.v_row_stride = n_kv * hv;
   p.v_batch_stride = s * n_kv * hv;
   p.scale = scale;
-  p.scale_log2 = scale * static_cast<float>(M_LOG2E);
+  p.scale_log2 = scale * 1.4426950408889634f;  // log2(e)
   p.is_causal = p.window_right == 0 && p.window_left == kUnbounded;
   p.dtype = dtype == ffi::DataType::F16 ? DType::kFloat16 : DType::kBFloat16;
   return ffi::Error::Success();
