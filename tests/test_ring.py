@@ -42,10 +42,14 @@ def devices():
 def test_module_in_subprocess():
   if HAVE_8:
     pytest.skip("8 CPU devices in this process: the tests ran here")
-  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join(sys.path))
+  assert "JAX_FLASH_TEST_CHILD" not in os.environ, "no 8 CPU devices even in a fresh process"
+  env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_FLASH_TEST_CHILD="1",
+             PYTHONPATH=os.pathsep.join(sys.path))
   proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                          __file__], env=env, capture_output=True, text=True, timeout=900)
   assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+  # Only this test may skip there: everything else must really have run.
+  assert re.search(r"\d+ passed, 1 skipped", proc.stdout), proc.stdout[-2000:]
 
 
 def seq_mesh():
@@ -229,7 +233,7 @@ def test_errors(devices, what):
     jax.jit(f)(q, k, v)
 
 
-def test_ring_benchmark_smoke(tmp_path):
+def test_ring_benchmark_smoke(devices, tmp_path):
   """examples/ring_benchmark.py --smoke: the GPU acceptance script runs and checks values."""
   script = os.path.join(os.path.dirname(__file__), "..", "examples", "ring_benchmark.py")
   out = tmp_path / "ring.json"

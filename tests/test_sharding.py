@@ -42,10 +42,14 @@ def eight():
 def test_module_in_subprocess():
   if HAVE_8:
     pytest.skip("8 CPU devices in this process: the tests ran here")
-  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join(sys.path))
+  assert "JAX_FLASH_TEST_CHILD" not in os.environ, "no 8 CPU devices even in a fresh process"
+  env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_FLASH_TEST_CHILD="1",
+             PYTHONPATH=os.pathsep.join(sys.path))
   proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                          __file__], env=env, capture_output=True, text=True, timeout=900)
   assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+  # Only this test may skip there: everything else must really have run.
+  assert re.search(r"\d+ passed, 1 skipped", proc.stdout), proc.stdout[-2000:]
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -312,7 +316,7 @@ def test_inside_pmap(eight):
   assert_close(got, jax.tree.map(split, want))
 
 
-def test_vmap_folds_into_batch():
+def test_vmap_folds_into_batch(eight):
   rng = np.random.default_rng(15)
   q, k, v = rand(rng, (3, 2, 16, 4, 8)), rand(rng, (2, 16, 2, 8)), rand(rng, (3, 2, 16, 2, 8))
   bias = rand(rng, (1, 4, 16, 16))  # unbatched, broadcast over the batch
