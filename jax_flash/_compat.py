@@ -1,5 +1,7 @@
 """The one place that knows about differences between JAX versions (0.10 to 0.11 here).
 
+`manual_axes` reads the context mesh of an enclosing shard_map/pmap.
+
 Inside `jax.shard_map` (check_vma=True, the default) every value carries the set of
 manual mesh axes along which it varies between devices, and the branches of `lax.cond` and
 the carry of `lax.scan` must agree on it. A loop accumulator created with `jnp.zeros`
@@ -13,6 +15,13 @@ from __future__ import annotations
 
 import jax
 from jax import lax
+
+
+def manual_axes() -> tuple[str, ...]:
+  """Mesh axes that are manual where we are being traced: those of an enclosing
+  `shard_map` (all of them, or a subset with `axis_names=`) or `pmap`."""
+  mesh = jax.sharding.get_abstract_mesh()
+  return tuple(getattr(mesh, "manual_axes", ()))
 
 
 def varying_axes(*xs) -> frozenset[str]:

@@ -19,11 +19,14 @@ module (`_xla` or `_cuda`) and call its per-shard `fwd`/`bwd` through
 Dimension legend: B batch, T query length, S key length, N query heads, K key/value heads,
 H head dim of q/k, Hv head dim of v ("d" in the rules).
 
-Where no partitioning happens (one device, inside `shard_map` on local shards, inside
-`pmap`), custom_partitioning lowers to the plain implementation call. The sharding rule
+Inside `shard_map` or `pmap` the arrays are already per-device shards, so the
+implementation is called directly (with `shard_map(axis_names=...)` over some mesh axes,
+the remaining automatic axes are then left to XLA's own propagation through that call).
+On one device custom_partitioning lowers to the plain implementation call. The sharding rule
 is a Shardy rule; the GSPMD callback (`infer_sharding_from_operands`) is there for users
-who switch Shardy off. Errors found while partitioning are raised during compilation and
-reach the caller inside XLA's error (a JaxRuntimeError whose text holds our ValueError).
+who switch Shardy off. A split we cannot run raises a ValueError: while tracing when the
+mesh axes are Explicit (shardings are part of the types), else during compilation, where
+it reaches the caller inside XLA's error (a JaxRuntimeError whose text holds it).
 """
 
 from __future__ import annotations
@@ -36,12 +39,16 @@ from jax import lax
 from jax.experimental.custom_partitioning import custom_partitioning
 from jax.sharding import NamedSharding, PartitionSpec
 
-from . import ring
+from . import _compat, ring
 from ._config import AttnConfig, Extras
 
 
 # -- entry points ---------------------------------------------------------------------------
 def fwd(impl, q, k, v, extras, cfg):
+  if _compat.manual_axes():  # inside shard_map/pmap: already per shard, see module doc
+    return impl.fwd(q, k, v, extras, cfg)
+  _check_while_tracing(q, k, extras, cfg)
+
   @jax.custom_batching.custom_vmap
   def call(q, k, v, extras):
     return _fwd_op(q, k, v, extras, cfg, impl, _signature(extras))
@@ -57,6 +64,9 @@ def fwd(impl, q, k, v, extras, cfg):
 
 
 def bwd(impl, q, k, v, extras, out, lse, dout, dlse, cfg):
+  if _compat.manual_axes():
+    return impl.bwd(q, k, v, extras, out, lse, dout, dlse, cfg)
+
   @jax.custom_batching.custom_vmap
   def call(q, k, v, extras, out, lse, dout, dlse):
     return _bwd_op(q, k, v, extras, out, lse, dout, dlse, cfg, impl, _signature(extras))
@@ -111,6 +121,15 @@ class _Fold:
     dbias = self.unfold(dbias)  # [V, B, ...]
     bias_b = bias.shape[1] if batched else bias.shape[0]
     return dbias.sum(1, keepdims=True) if bias_b == 1 and self.b != 1 else dbias
+
+
+def _check_while_tracing(q, k, extras, cfg):
+  """With Explicit mesh axes (jax.make_mesh's default) shardings are known while tracing:
+  report a split we cannot run as a plain ValueError now, not from inside compilation."""
+  q_aval = jax.typeof(q)
+  sharding = getattr(q_aval, "sharding", None)
+  if isinstance(sharding, NamedSharding) and any(_axes(e) for e in sharding.spec):
+    _Plan(sharding.mesh, q_aval, jax.typeof(k), extras, cfg)
 
 
 # -- the partitioned ops --------------------------------------------------------------------

@@ -196,14 +196,18 @@ def test_head_dim_sharding_is_gathered(eight):
   assert_close(got, jax.jit(f)(q, k, v))
 
 
-def test_gqa_heads_must_divide_the_mesh_axis(eight):
+@pytest.mark.parametrize("explicit", [False, True], ids=["auto", "explicit"])
+def test_gqa_heads_must_divide_the_mesh_axis(eight, explicit):
   q, k, v = qkv(seed=7, n=8, k=2)  # query heads split 4 ways, but only 2 K/V heads
-  m = mesh((2, 4), ("data", "model"))
+  m = mesh((2, 4), ("data", "model"), explicit=explicit)
   rows, kv_rows = NamedSharding(m, P("data", None, "model")), NamedSharding(m, P("data"))
-  f = jax.jit(lambda q, k, v: jax_flash.attention(q, k, v, implementation="xla"),
-              in_shardings=(rows, kv_rows, kv_rows))
-  with pytest.raises(Exception, match=r"ValueError: .*heads N=8 and key/value heads K=2 "
-                     r"are sharded over mesh axes \('model',\) of sizes \(4,\)"):
+  q, k, v = jax.device_put(q, rows), jax.device_put(k, kv_rows), jax.device_put(v, kv_rows)
+  f = jax.jit(lambda q, k, v: jax_flash.attention(q, k, v, implementation="xla"))
+  message = (r"heads N=8 and key/value heads K=2 are sharded over mesh axes \('model',\) "
+             r"of sizes \(4,\)")
+  # Explicit axes: a plain ValueError while tracing; Auto axes: raised while compiling.
+  with pytest.raises(ValueError if explicit else Exception,
+                     match=message if explicit else "ValueError: .*" + message):
     f(q, k, v)
 
 
@@ -304,6 +308,18 @@ def test_inside_shard_map(eight, is_causal, check_vma):
   args = [jax.device_put(x, NamedSharding(m, s)) for x, s in
           zip((q, k, v, dout, dlse), (rows, rows, rows, rows, lse_spec))]
   assert_close(jax.jit(f)(*args), want)
+
+
+def test_inside_partly_manual_shard_map(eight):
+  """shard_map over `data` only: `model` stays an automatic axis inside."""
+  (q, k, v, dout, dlse), want = unsharded_case(True)
+  m = mesh((2, 4), ("data", "model"))
+  f = jax.shard_map(fwd_bwd(is_causal=True), mesh=m, axis_names={"data"}, check_vma=False,
+                    in_specs=P("data"), out_specs=((P("data"), P("data")), (P("data"),) * 4))
+  rows = NamedSharding(m, P("data", None, "model"))
+  args = [jax.device_put(x, rows) for x in (q, k, v, dout)]
+  got = jax.jit(f)(*args, jax.device_put(dlse, NamedSharding(m, P("data", "model"))))
+  assert_close(got, want)
 
 
 def test_inside_pmap(eight):
