@@ -39,9 +39,16 @@ __device__ __forceinline__ void mask_scores(Scores& scores, Coord const& coord, 
 }
 
 // Running max and sum for kRows rows (a thread's rows of an acc fragment).
+//
+// Lazy rescaling: the exponent offset m (row_max) is raised only when some row of the warp
+// sees its max grow by more than kRescaleLog2 (in log2 units). Until then p = 2^(c s - c m)
+// may reach 2^kRescaleLog2 = 256, harmless in float32 sums and in bf16/fp16 P; the result is
+// exact either way, because O, the sum and the lse all use the same m. This skips the
+// rescale of the output accumulator (kRows x head dim multiplies) on most steps.
 template <int kRows>
 struct OnlineSoftmax {
-  float row_max[kRows];  // of raw scores; -inf while a row has seen no visible key
+  static constexpr float kRescaleLog2 = 8.f;
+  float row_max[kRows];  // exponent offset, in raw score units; -inf while a row saw no key
   float row_sum[kRows];  // this thread's partial sum; the quad is combined in finalize()
 
   __device__ __forceinline__ OnlineSoftmax() {
@@ -53,25 +60,39 @@ struct OnlineSoftmax {
   }
 
   // Fold one key tile in: scores (row/col view, raw) become p in place, and the output
-  // accumulator (row/col view) is rescaled to the new row max.
+  // accumulator (row/col view) is rescaled when the offsets move. Call from all lanes of a warp.
   template <class Scores, class Out>
   __device__ __forceinline__ void update(Scores& scores, Out& out, float scale_log2) {
     using namespace cute;
     static_assert(decltype(size<0>(scores))::value == kRows, "row count mismatch");
+    float new_max[kRows];
+    bool grow = false;
     CUTE_UNROLL
     for (int i = 0; i < kRows; ++i) {
       float m = row_max[i];
       CUTE_UNROLL
       for (int j = 0; j < size<1>(scores); ++j) m = fmaxf(m, scores(i, j));
-      m = quad_allreduce(m, MaxOp{});
-      // A row with nothing visible yet keeps max -inf; offset by 0 instead so that
-      // 2^(-inf - 0) = 0 rather than 2^(-inf + inf) = NaN.
-      const float offset = m == -INFINITY ? 0.f : m * scale_log2;
-      const float rescale = exp2_approx(row_max[i] * scale_log2 - offset);
-      row_max[i] = m;
-      row_sum[i] *= rescale;
+      new_max[i] = quad_allreduce(m, MaxOp{});
+      // -inf -> finite gives +inf > threshold; -inf -> -inf gives NaN, which compares false.
+      grow |= (new_max[i] - row_max[i]) * scale_log2 > kRescaleLog2;
+    }
+    if (__any_sync(0xffffffffu, grow)) {  // warp-uniform: the whole warp rescales or none
       CUTE_UNROLL
-      for (int j = 0; j < size<1>(out); ++j) out(i, j) *= rescale;
+      for (int i = 0; i < kRows; ++i) {
+        // A row that still saw nothing keeps -inf (its sum and output are 0: factor 1).
+        const float rescale = new_max[i] == -INFINITY
+                                  ? 1.f
+                                  : exp2_approx((row_max[i] - new_max[i]) * scale_log2);
+        row_max[i] = new_max[i];
+        row_sum[i] *= rescale;
+        CUTE_UNROLL
+        for (int j = 0; j < size<1>(out); ++j) out(i, j) *= rescale;
+      }
+    }
+    CUTE_UNROLL
+    for (int i = 0; i < kRows; ++i) {
+      // Offset 0 for a row with nothing visible yet: 2^(-inf - 0) = 0, not 2^(-inf + inf) = NaN.
+      const float offset = row_max[i] == -INFINITY ? 0.f : row_max[i] * scale_log2;
       float sum = 0.f;
       CUTE_UNROLL
       for (int j = 0; j < size<1>(scores); ++j) {

@@ -86,14 +86,15 @@ __device__ __forceinline__ void convert_fragment(Src const& src, Dst& dst) {
 //   src, dst: (CPY, CPY_M, CPY_K) partitions of one TiledCopy over the gmem and smem tiles;
 //   coord:    the same partition of an identity tensor (tile coordinates).
 // The zero-fill atom takes its predicate through with(): no branch, one instruction each.
-template <class TiledCopy, class Src, class Dst, class Coord>
+// kCheckRows = false skips the row test for tiles known to be full.
+template <bool kCheckRows = true, class TiledCopy, class Src, class Dst, class Coord>
 __device__ __forceinline__ void copy_tile_zfill(TiledCopy const& tiled_copy, Src const& src,
                                                 Dst&& dst, Coord const& coord, int max_row,
                                                 int max_col) {
   using namespace cute;
   CUTE_UNROLL
   for (int m = 0; m < size<1>(src); ++m) {
-    const bool row_ok = get<0>(coord(0, m, 0)) < max_row;
+    const bool row_ok = !kCheckRows || get<0>(coord(0, m, 0)) < max_row;
     CUTE_UNROLL
     for (int k = 0; k < size<2>(src); ++k) {
       const bool ok = row_ok && get<1>(coord(0, 0, k)) < max_col;
