@@ -14,8 +14,9 @@ transfer runs behind the compute. Nothing ever gathers the full K/V.
 
 Backward. The same ring again, with the global (out, lse) from the forward: each step's
 `bwd` gives exact partial dQ, dK, dV for one block (P = exp(s - lse) needs only the row's
-final lse). dQ accumulates locally; dK/dV accumulators travel with their K/V block and
-one last shift returns each to the device that owns the block.
+final lse). dQ accumulates locally; dK/dV accumulators (float32, so for 16-bit inputs they
+double the bytes moved per step) travel with their K/V block and one last shift returns
+each to the device that owns the block.
 
 Causal load balance (zig-zag). Contiguous slices make causal work lopsided (device P-1
 attends to P blocks, device 0 to one) and every ring step waits for the slowest device.
@@ -170,10 +171,10 @@ def _lengths_as_segments(extras: Extras, b: int, t: int, s: int, axis_name, p, l
 class _Ring:
   """Shared setup of the forward and backward rings on one device's shards."""
 
-  def __init__(self, impl, extras, cfg, axis_name, axis_size, layout, b, t, s):
+  def __init__(self, extras, cfg, axis_name, axis_size, layout, b, t, s):
     if layout not in LAYOUTS:
       raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
-    self.impl, self.cfg, self.axis_name, self.p = impl, cfg, axis_name, axis_size
+    self.axis_name, self.p = axis_name, axis_size
     self.zigzag = cfg.is_causal and axis_size > 1
     self.permute = self.zigzag and layout == "contiguous"
     self.extras = _lengths_as_segments(extras, b, t, s, axis_name, axis_size, layout)
@@ -221,7 +222,7 @@ def ring_fwd(impl, q, k, v, extras: Extras, cfg: AttnConfig, *, axis_name, axis_
              layout: str = "contiguous"):
   """Per-device forward of ring attention on local shards (inside shard_map or a
   custom_partitioning lowering). Returns (out [B,T,N,Hv] in q.dtype, lse [B,N,T])."""
-  ring = _Ring(impl, extras, cfg, axis_name, axis_size, layout, q.shape[0], q.shape[1],
+  ring = _Ring(extras, cfg, axis_name, axis_size, layout, q.shape[0], q.shape[1],
                k.shape[1])
   q, k, v = ring.to_local(q), ring.to_local(k), ring.to_local(v)
   extras = ring.local_extras()
@@ -264,7 +265,7 @@ def ring_fwd(impl, q, k, v, extras: Extras, cfg: AttnConfig, *, axis_name, axis_
 def ring_bwd(impl, q, k, v, extras: Extras, out, lse, dout, dlse, cfg: AttnConfig, *,
              axis_name, axis_size: int, layout: str = "contiguous"):
   """Per-device backward of ring attention. Returns (dq, dk, dv, None)."""
-  ring = _Ring(impl, extras, cfg, axis_name, axis_size, layout, q.shape[0], q.shape[1],
+  ring = _Ring(extras, cfg, axis_name, axis_size, layout, q.shape[0], q.shape[1],
                k.shape[1])
   dtypes = (q.dtype, k.dtype, v.dtype)
   q, k, v, out, dout = (ring.to_local(x) for x in (q, k, v, out, dout))
@@ -367,7 +368,10 @@ def ring_attention(query, key, value, *, axis_name, is_causal=False, scale=None,
       kv_segment_ids=kv_segment_ids, softcap=softcap, return_lse=return_lse,
       implementation=implementation)
   axis_size = lax.axis_size(axis_name)
-  reason = unsupported_reason(call.q.shape[1], call.k.shape[1], call.extras, call.cfg)
+  t, s = call.q.shape[1], call.k.shape[1]
+  reason = unsupported_reason(t, s, call.extras, call.cfg)
+  if reason is None and layout == "zigzag" and (t % 2 or s % 2):
+    reason = f"layout='zigzag' needs even shard lengths, got query {t} and key {s}"
   if reason is not None:
     raise ValueError(f"ring_attention over axis {axis_name!r}: {reason}")
   impl = _vjp._impl(api._choose_implementation(implementation, call))

@@ -216,9 +216,11 @@ def test_hlo_moves_only_local_blocks(devices):
 
 
 # -- errors -----------------------------------------------------------------------------------
-@pytest.mark.parametrize("what", ["layout", "causal_cross", "lengths_and_segments"])
+@pytest.mark.parametrize("what", ["layout", "causal_cross", "lengths_and_segments",
+                                  "zigzag_odd"])
 def test_errors(devices, what):
-  q, k, v, _, _ = inputs(seed=9, s=64 if what == "causal_cross" else 32)
+  t = 36 if what == "zigzag_odd" else 32  # 36 / 4 devices: shards of 9 rows
+  q, k, v, _, _ = inputs(seed=9, t=t, s=64 if what == "causal_cross" else t)
   seg = jnp.zeros((2, 32 // RING), jnp.int32)  # local shards
   kw, message = {
       "layout": (dict(layout="striped"), "layout must be one of"),
@@ -226,6 +228,7 @@ def test_errors(devices, what):
       "lengths_and_segments": (
           dict(query_seq_lengths=jnp.array([3, 4]), q_segment_ids=seg, kv_segment_ids=seg),
           "lengths together with segment ids"),
+      "zigzag_odd": (dict(layout="zigzag"), "needs even shard lengths, got query 9"),
   }[what]
   f = jax.shard_map(lambda q, k, v: ring.ring_attention(q, k, v, axis_name="seq", **kw),
                     mesh=seq_mesh(), in_specs=ROWS, out_specs=ROWS, check_vma=False)
