@@ -47,7 +47,6 @@ from ._config import AttnConfig, Extras
 def fwd(impl, q, k, v, extras, cfg):
   if _compat.manual_axes():  # inside shard_map/pmap: already per shard, see module doc
     return impl.fwd(q, k, v, extras, cfg)
-  _check_while_tracing(q, k, extras, cfg)
 
   @jax.custom_batching.custom_vmap
   def call(q, k, v, extras):
@@ -60,7 +59,11 @@ def fwd(impl, q, k, v, extras, cfg):
                     fold.extras(extras, batched[3]))
     return (fold.unfold(out), fold.unfold(lse)), (True, True)
 
-  return call(q, k, v, extras)
+  mesh = _explicit_mesh(q, k, v)
+  if mesh is None:
+    return call(q, k, v, extras)
+  plan = _Plan(mesh, jax.typeof(q), jax.typeof(k), extras, cfg)
+  return jax.sharding.auto_axes(call, out_sharding=(plan.rows, plan.lse))(q, k, v, extras)
 
 
 def bwd(impl, q, k, v, extras, out, lse, dout, dlse, cfg):
@@ -84,7 +87,11 @@ def bwd(impl, q, k, v, extras, out, lse, dout, dlse, cfg):
     grads = (fold.unfold(dq), fold.unfold(dk), fold.unfold(dv), dbias)
     return grads, (True, True, True, dbias is not None)
 
-  return call(q, k, v, extras, out, lse, dout, dlse)
+  if _explicit_mesh(q, k, v) is None:
+    return call(q, k, v, extras, out, lse, dout, dlse)
+  types = [None if x is None else jax.typeof(x).sharding for x in (q, k, v, extras.bias)]
+  return jax.sharding.auto_axes(call, out_sharding=tuple(types))(
+      q, k, v, extras, out, lse, dout, dlse)
 
 
 class _Fold:
@@ -123,13 +130,20 @@ class _Fold:
     return dbias.sum(1, keepdims=True) if bias_b == 1 and self.b != 1 else dbias
 
 
-def _check_while_tracing(q, k, extras, cfg):
-  """With Explicit mesh axes (jax.make_mesh's default) shardings are known while tracing:
-  report a split we cannot run as a plain ValueError now, not from inside compilation."""
-  q_aval = jax.typeof(q)
-  sharding = getattr(q_aval, "sharding", None)
-  if isinstance(sharding, NamedSharding) and any(_axes(e) for e in sharding.spec):
-    _Plan(sharding.mesh, q_aval, jax.typeof(k), extras, cfg)
+def _explicit_mesh(*xs):
+  """The mesh of Explicit axes (jax.make_mesh's default) the arrays are typed with, if any.
+
+  With Explicit axes shardings are part of the types: the implementation, which
+  custom_partitioning traces on global shapes, would have to type-check every one of its
+  ops on sharded operands (a sequence-sharded q.k^T is rejected). So the call runs under
+  `auto_axes` with the result shardings given up front, and an unsupported split raises a
+  plain ValueError while tracing instead of from inside compilation."""
+  for x in xs:
+    sharding = getattr(jax.typeof(x), "sharding", None)
+    if isinstance(sharding, NamedSharding) and any(
+        t == jax.sharding.AxisType.Explicit for t in sharding.mesh.axis_types):
+      return sharding.mesh
+  return None
 
 
 # -- the partitioned ops --------------------------------------------------------------------

@@ -100,6 +100,10 @@ def cotangents(q, v, seed=1):
   return rand(rng, (b, t, n, v.shape[-1])), rand(rng, (b, n, t))
 
 
+def padded(spec, rank=4):
+  return tuple(spec) + (None,) * (rank - len(spec))
+
+
 def collectives(compiled) -> set[str]:
   return set(re.findall("|".join(COLLECTIVES), compiled.as_text()))
 
@@ -150,7 +154,7 @@ def test_matches_unsharded(eight, layout, is_causal):
   (q, k, v, dout, dlse), want = unsharded_case(is_causal)
   run = fwd_bwd(is_causal=is_causal)
   m = mesh(shape, names)
-  b, t, n = tuple(spec) + (None,) * (3 - len(spec))
+  b, t, n, _ = padded(spec)
   rows, lse_spec = NamedSharding(m, spec), NamedSharding(m, P(b, n, t))
   f = jax.jit(run, in_shardings=(rows, rows, rows, rows, lse_spec),
               out_shardings=((rows, lse_spec), (rows, rows, rows, None)))
@@ -176,15 +180,19 @@ def test_ring_against_float64_reference(eight):
   assert rel_err(got, naive_f64(q, k, v, True, seg, seg)) <= TOL
 
 
-def test_explicit_mesh_axes(eight):
-  q, k, v = qkv(seed=5)
-  m = mesh((2, 4), ("data", "model"), explicit=True)
-  rows = NamedSharding(m, P("data", None, "model"))
-  args = [jax.device_put(x, rows) for x in (q, k, v)]
-  f = lambda q, k, v: jax_flash.attention(q, k, v, is_causal=True, implementation="xla")
-  got = jax.jit(f)(*args)
-  assert got.sharding.spec == rows.spec
-  assert_close(got, jax.jit(f)(q, k, v))
+@pytest.mark.parametrize("layout", ["data_x_model", "data_x_seq"])
+def test_explicit_mesh_axes(eight, layout):
+  """Explicit axes (jax.make_mesh's default): shardings are part of the types."""
+  shape, names, spec, _ = LAYOUTS[layout]
+  (q, k, v, dout, dlse), want = unsharded_case(True)
+  m = mesh(shape, names, explicit=True)
+  b, t, n, h = padded(spec)
+  rows, lse = NamedSharding(m, spec), NamedSharding(m, P(b, n, t))
+  args = [jax.device_put(x, s) for x, s in zip((q, k, v, dout, dlse), (rows,) * 4 + (lse,))]
+  got = jax.jit(fwd_bwd(is_causal=True))(*args)
+  (out, _), (dq, _, _, _) = got
+  assert padded(out.sharding.spec) == padded(dq.sharding.spec) == (b, t, n, h)
+  assert_close(got, want)
 
 
 def test_head_dim_sharding_is_gathered(eight):
