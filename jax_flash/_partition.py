@@ -85,7 +85,7 @@ def bwd(impl, q, k, v, extras, out, lse, dout, dlse, cfg):
     if dbias is not None:
       dbias = fold.unfold_bias(dbias, extras.bias, batched[3].bias)
     grads = (fold.unfold(dq), fold.unfold(dk), fold.unfold(dv), dbias)
-    return grads, (True, True, True, dbias is not None)
+    return grads, (True, True, True, None if dbias is None else True)
 
   if _explicit_mesh(q, k, v) is None:
     return call(q, k, v, extras, out, lse, dout, dlse)

@@ -20,12 +20,11 @@ Rows that see no key get output 0 and lse = -inf.
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 from jax import lax
 
+from . import _compat
 from ._config import UNBOUNDED, AttnConfig, Extras
 
 # 512 x 512 float32 score tiles: large enough that the loops cost little on CPU,
@@ -178,6 +177,7 @@ def fwd(q, k, v, extras: Extras, cfg: AttnConfig):
     init = (jnp.full((b, n_kv, g, blk.bq), -jnp.inf, jnp.float32),
             jnp.zeros((b, n_kv, g, blk.bq), jnp.float32),
             jnp.zeros((b, n_kv, g, blk.bq, hv), jnp.float32))
+    init = _compat.match_varying(init, q, k, v, extras)  # inside shard_map: see _compat
 
     def step(carry, j):
       def update(carry):
@@ -230,6 +230,7 @@ def bwd(q, k, v, extras: Extras, out, lse, dout, dlse, cfg: AttnConfig):
   grouped = lambda x: _pad_axis(x.reshape(b, n_kv, g, t), 3, blk.tp)
   lse_g, delta_g = grouped(lse), grouped(delta)
   do = _pad_axis(dout.reshape(b, t, n_kv, g, hv).transpose(0, 2, 3, 1, 4), 3, blk.tp)
+  inputs = (q, k, v, extras, out, lse, dout, dlse)  # accumulators vary like these
 
   def one_kv_block(carry, j):
     dq_acc, dbias_acc = carry
@@ -268,13 +269,15 @@ def bwd(q, k, v, extras: Extras, out, lse, dout, dlse, cfg: AttnConfig):
 
       return lax.cond(pb.block_visible(i, j), update, lambda c: c, inner), None
 
-    init = (jnp.zeros((b, n_kv, blk.bk, h), jnp.float32),
-            jnp.zeros((b, n_kv, blk.bk, hv), jnp.float32), dq_acc, dbias_acc)
+    init = _compat.match_varying((jnp.zeros((b, n_kv, blk.bk, h), jnp.float32),
+                                  jnp.zeros((b, n_kv, blk.bk, hv), jnp.float32)), *inputs)
+    init = init + (dq_acc, dbias_acc)
     (dk, dv, dq_acc, dbias_acc), _ = lax.scan(step, init, jnp.arange(blk.nq))
     return (dq_acc, dbias_acc), (dk, dv)
 
   dq0 = jnp.zeros((b, n_kv, g, blk.tp, h), jnp.float32)
   dbias0 = None if pb.bias is None else jnp.zeros(pb.bias.shape, jnp.float32)
+  dq0, dbias0 = _compat.match_varying((dq0, dbias0), *inputs)
   (dq, dbias), (dk, dv) = lax.scan(one_kv_block, (dq0, dbias0), jnp.arange(blk.nk))
   dq = dq[:, :, :, :t].transpose(0, 3, 1, 2, 4).reshape(b, t, n, h).astype(q.dtype)
   kv_out = lambda x, d, dtype: (jnp.moveaxis(x, 0, 2).reshape(b, n_kv, blk.sp, d)[:, :, :s]

@@ -296,11 +296,7 @@ def test_gspmd_partitioner(eight):
 
 
 # -- shard_map, pmap, vmap --------------------------------------------------------------------
-# With check_vma=True the "xla" implementation's loop accumulators must be cast with
-# `_compat.match_varying` (a change to _xla.py, requested from its owner): strict xfail
-# until then, so this fails loudly the day it starts passing.
-VMA = [False, pytest.param(True, marks=pytest.mark.xfail(
-    strict=True, reason="_xla.py loop carries need _compat.match_varying"))]
+VMA = [False, True]  # shard_map with and without check_vma
 
 
 @pytest.mark.parametrize("check_vma", VMA, ids=["no_vma", "vma"])
