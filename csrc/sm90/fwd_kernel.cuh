@@ -1,0 +1,131 @@
+// Forward attention for Hopper (sm_90a): TMA loads into a multi-stage shared-memory pipeline,
+// wgmma products with P from registers, warp specialization, persistent CTAs.
+//
+// Dimension legend (params.h letters): B batch, T queries, S keys, N query heads, K kv heads
+// (G = N / K), H head dim (runtime, multiple of 8, <= kHeadDim). Tiles (fwd_traits.h): kBlockM
+// query rows per tile, kBlockN keys per pipeline stage, kHeadDim the padded H.
+//
+// One CTA of 3 warpgroups per multiprocessor, looping over tiles (scheduler.cuh):
+//   warpgroup 0   producer: drops to 24 registers; one thread issues every TMA load
+//                 (fwd_mainloop.cuh load()) into the Q buffer and the K and V stage rings.
+//   warpgroups 1-2  consumers: raised to 240 registers; each owns 64 query rows of the tile:
+//                 S = Q K^T and O += P V on wgmma, online softmax in registers
+//                 (fwd_mainloop.cuh compute()), then O and lse straight to global memory
+//                 (fwd_epilogue.cuh).
+//
+// Evidence, reproducible without a GPU (from the repo root; CUTLASS = the nvidia-cutlass
+// wheel's cutlass_library/source/include):
+//   nvcc -std=c++17 -O3 --use_fast_math --expt-relaxed-constexpr --expt-extended-lambda \
+//     -gencode=arch=compute_90a,code=sm_90a -Xptxas -v -I csrc -I $CUTLASS \
+//     -cubin -o /tmp/fwd.cubin tests/cuda/sm90_fwd_one.cu -DSM90_HDIM=128 -DSM90_BF16=1
+//   -> ptxas prints registers, "0 bytes spill stores/loads" and the shared memory per kernel;
+//   cuobjdump -sass /tmp/fwd.cubin | grep -c HGMMA   (cuobjdump: pip install nvidia-cuda-cuobjdump)
+//   -> the wgmma products as HGMMA.64x128x16.F32.BF16 (S) and HGMMA.64x128x16.F32.BF16 with an
+//   R operand (P V). tests/cuda/sm90_notes.md records the numbers.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cfloat>
+
+#include <cute/tensor.hpp>
+#include <cute/arch/cluster_sm90.hpp>
+#include <cutlass/arch/barrier.h>
+#include <cutlass/arch/reg_reconfig.h>
+
+#include "params.h"
+#include "sm90/fwd_epilogue.cuh"
+#include "sm90/fwd_mainloop.cuh"
+#include "sm90/fwd_traits.h"
+#include "sm90/pipeline.cuh"
+#include "sm90/scheduler.cuh"
+#include "sm90/softmax.cuh"
+
+namespace jax_flash::sm90 {
+
+template <class Traits>
+__global__ void __launch_bounds__(Traits::kNThreads, 1)
+    fwd_kernel(const __grid_constant__ KernelParams<Traits> kp) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ == 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  using namespace cute;
+  using Mainloop = FwdMainloop<Traits>;
+  using Pipe = typename Mainloop::Pipe;
+  constexpr int kBlockM = Traits::kBlockM;
+  constexpr int kBlockN = Traits::kBlockN;
+  constexpr int kHeadDim = Traits::kHeadDim;
+
+  extern __shared__ __align__(1024) char smem[];
+  auto& st = *reinterpret_cast<typename Traits::SharedStorage*>(smem);
+  const FwdParams& p = kp.fwd;
+  const int warp_group = __shfl_sync(0xffffffffu, threadIdx.x / 128, 0);  // warp-uniform
+  const TileScheduler sched{kp.num_m_blocks, p.n, kp.num_m_blocks * p.b * p.n, kp.heavy_first};
+
+  if (threadIdx.x == 0) {
+    Barrier::init(&st.q_full, 1);
+    Barrier::init(&st.q_empty, Traits::kConsumerWarps);
+    CUTE_UNROLL
+    for (int i = 0; i < Traits::kStages; ++i) {
+      Barrier::init(&st.k_full[i], 1);
+      Barrier::init(&st.k_empty[i], Traits::kConsumerWarps);
+      Barrier::init(&st.v_full[i], 1);
+      Barrier::init(&st.v_empty[i], Traits::kConsumerWarps);
+    }
+    cutlass::arch::fence_barrier_init();
+  }
+  __syncthreads();
+
+  if (warp_group == 0) {
+    // ---- producer ----
+    cutlass::arch::warpgroup_reg_dealloc<Traits::kProducerRegs>();
+    if (threadIdx.x / 32 == 0 && cute::elect_one_sync()) {
+      prefetch_tma_descriptor(kp.tma_q.get_tma_descriptor());
+      prefetch_tma_descriptor(kp.tma_k.get_tma_descriptor());
+      prefetch_tma_descriptor(kp.tma_vt.get_tma_descriptor());
+      Pipe k_write, v_write;
+      int q_iter = 0;
+      for (int linear = blockIdx.x; linear < sched.num_tiles; linear += gridDim.x) {
+        const Tile tile = sched.tile(linear);
+        const KeyBlocks blocks = key_blocks<kBlockM, kBlockN>(p, tile.m_block);
+        if (blocks.empty()) continue;
+        Mainloop::load(kp, st, tile, blocks, k_write, v_write, q_iter);
+        ++q_iter;
+      }
+    }
+  } else {
+    // ---- consumers ----
+    cutlass::arch::warpgroup_reg_alloc<Traits::kConsumerRegs>();
+    const int ctid = threadIdx.x - 128;  // 0 .. 255
+    const PingPong<Traits::kPingPong> pingpong{warp_group - 1};
+    pingpong.start();
+    typename Traits::TiledMmaPV mma_pv;
+    auto thr_pv = mma_pv.get_thread_slice(ctid);
+    const float scale = fmaxf(fabsf(p.scale), FLT_MIN);
+    Pipe k_read, v_read;
+    int q_iter = 0;
+    for (int linear = blockIdx.x; linear < sched.num_tiles; linear += gridDim.x) {
+      const Tile tile = sched.tile(linear);
+      const KeyBlocks blocks = key_blocks<kBlockM, kBlockN>(p, tile.m_block);
+      Tensor acc_o = partition_fragment_C(mma_pv, Shape<Int<kBlockM>, Int<kHeadDim>>{});
+      clear(acc_o);
+      Tensor o_rc = acc_rowcol(acc_o);
+      constexpr int kRows = decltype(size<0>(o_rc))::value;
+      OnlineSoftmax<kRows> softmax;
+      if (!blocks.empty()) {
+        Mainloop::compute(kp, st, tile, blocks, k_read, v_read, q_iter, pingpong, ctid, acc_o,
+                          softmax);
+        ++q_iter;
+      }
+      // Tiles whose rows see no key at all keep O = 0 and get lse = -inf here.
+      float lse[kRows];
+      softmax.finalize(o_rc, scale, lse);
+      store_output<typename Traits::Element>(
+          p, acc_o, thr_pv.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kHeadDim>>{})),
+          lse, tile.m_block * kBlockM, tile.batch, tile.head);
+    }
+  }
+#elif defined(__CUDA_ARCH__)
+  __trap();  // built without sm_90a (wgmma, setmaxnreg): fail loudly rather than return garbage
+#endif
+}
+
+}  // namespace jax_flash::sm90

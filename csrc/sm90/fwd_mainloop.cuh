@@ -1,0 +1,208 @@
+// Mainloop of the sm90 forward kernel: the producer's TMA loads and the consumers' products and
+// softmax for one tile (one batch, head and q-block of kBlockM rows).
+//
+// Dimension legend: kBlockM query rows per tile (64 per consumer warpgroup), kBlockN keys per
+// block, kHeadDim the padded head dim; T, S, H as in params.h.
+//
+// Producer (one thread): K[n_hi], Q, then K[n], V[n + 1] for n = n_hi - 1 .. n_lo, then V[n_lo],
+// each into the next free stage of its ring (K and V have separate rings and barriers). Tiles
+// and rows past T, S or H read as zeros (TMA out-of-bounds fill).
+//
+// Consumer warpgroup (64 rows), key blocks walked from n_hi down, one step per block n:
+//
+//   S = Q K[n]^T         | issued together, in the warpgroup's ping-pong turn
+//   O += P V[n + 1]      |   (P: the previous block's probabilities, in registers)
+//   wait S; release K[n]; mask; softmax(S) -> P', rescale factors    (overlaps the P V product)
+//   wait O; release V[n + 1]; rescale O if the offsets moved; P = P'
+//
+// with a prologue (S for n_hi alone) and a tail (the last P V). The products of the two
+// warpgroups alternate on the tensor cores while the other one runs its softmax.
+#pragma once
+
+#include <cfloat>
+#include <type_traits>
+
+#include <cute/tensor.hpp>
+
+#include "common/mask.h"
+#include "common/util.cuh"
+#include "params.h"
+#include "sm90/fwd_traits.h"
+#include "sm90/pipeline.cuh"
+#include "sm90/scheduler.cuh"
+#include "sm90/softmax.cuh"
+
+namespace jax_flash::sm90 {
+
+template <class Traits>
+struct FwdMainloop {
+  using Element = typename Traits::Element;
+  using Storage = typename Traits::SharedStorage;
+  using Params = KernelParams<Traits>;
+  static constexpr int kBlockM = Traits::kBlockM;
+  static constexpr int kBlockN = Traits::kBlockN;
+  static constexpr int kHeadDim = Traits::kHeadDim;
+  static constexpr int kStages = Traits::kStages;
+  static constexpr int kRows = 2;  // query rows per thread in a 64-row wgmma accumulator
+  using Pipe = PipeState<kStages>;
+
+  // ---- producer: issue one tile's loads (called by a single thread) ----
+  static __device__ __forceinline__ void load(const Params& kp, Storage& st, const Tile& tile,
+                                              const KeyBlocks& blocks, Pipe& k_write,
+                                              Pipe& v_write, int q_iter) {
+    using namespace cute;
+    const FwdParams& p = kp.fwd;
+    const int kv_head = tile.head / p.group;
+
+    Tensor mQ = kp.tma_q.get_tma_tensor(make_shape(p.t, p.h, p.n, p.b));
+    Tensor gQ = local_tile(mQ(_, _, tile.head, tile.batch),
+                           Shape<Int<kBlockM>, Int<kHeadDim>>{}, make_coord(tile.m_block, 0));
+    Tensor sQ = make_tensor(make_smem_ptr(st.q.data()), typename Traits::SmemLayoutQ{});
+    // (TMA) views: one TMA "tile" may be several boxes (one per 64-column chunk).
+    auto q_part = tma_partition(kp.tma_q, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sQ),
+                                group_modes<0, 2>(gQ));
+
+    Tensor mK = kp.tma_k.get_tma_tensor(make_shape(p.s, p.h, p.n_kv, p.b));
+    Tensor gK = local_tile(mK(_, _, kv_head, tile.batch), Shape<Int<kBlockN>, Int<kHeadDim>>{},
+                           make_coord(_, 0));  // (kBlockN, kHeadDim, blocks)
+    Tensor sK = make_tensor(make_smem_ptr(st.k.data()), typename Traits::SmemLayoutK{});
+    auto k_part = tma_partition(kp.tma_k, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sK),
+                                group_modes<0, 2>(gK));
+    Tensor tKgK = get<0>(k_part);  // (TMA, blocks)
+    Tensor tKsK = get<1>(k_part);  // (TMA, stages)
+
+    Tensor mVt = kp.tma_vt.get_tma_tensor(make_shape(p.h, p.s, p.n_kv, p.b));
+    Tensor gVt = local_tile(mVt(_, _, kv_head, tile.batch), Shape<Int<kHeadDim>, Int<kBlockN>>{},
+                            make_coord(0, _));  // (kHeadDim, kBlockN, blocks)
+    Tensor sVt = make_tensor(make_smem_ptr(st.v.data()), typename Traits::SmemLayoutVt{});
+    auto v_part = tma_partition(kp.tma_vt, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sVt),
+                                group_modes<0, 2>(gVt));
+    Tensor tVgV = get<0>(v_part);  // (TMA, blocks)
+    Tensor tVsV = get<1>(v_part);  // (TMA, stages)
+
+    auto load_k = [&](int n) {
+      Barrier::wait(&st.k_empty[k_write.index], k_write.phase ^ 1u);
+      TxBarrier::arrive_and_expect_tx(&st.k_full[k_write.index], Traits::kKVBytes);
+      copy(kp.tma_k.with(st.k_full[k_write.index]), tKgK(_, n), tKsK(_, k_write.index));
+      k_write.advance();
+    };
+    auto load_v = [&](int n) {
+      Barrier::wait(&st.v_empty[v_write.index], v_write.phase ^ 1u);
+      TxBarrier::arrive_and_expect_tx(&st.v_full[v_write.index], Traits::kKVBytes);
+      copy(kp.tma_vt.with(st.v_full[v_write.index]), tVgV(_, n), tVsV(_, v_write.index));
+      v_write.advance();
+    };
+
+    load_k(blocks.n_hi);
+    // The previous tile's consumers are done with Q once their last S product completed.
+    Barrier::wait(&st.q_empty, (q_iter & 1) ^ 1);
+    TxBarrier::arrive_and_expect_tx(&st.q_full, Traits::kQBytes);
+    copy(kp.tma_q.with(st.q_full), get<0>(q_part), get<1>(q_part));
+    for (int n = blocks.n_hi - 1; n >= blocks.n_lo; --n) {
+      load_k(n);
+      load_v(n + 1);
+    }
+    load_v(blocks.n_lo);
+  }
+
+  // ---- consumers: one tile's products and softmax (called by all 256 consumer threads) ----
+  // acc_o (zeroed by the caller) receives the unnormalized O; softmax the row statistics.
+  template <class AccO, class Softmax>
+  static __device__ __forceinline__ void compute(const Params& kp, Storage& st, const Tile& tile,
+                                                 const KeyBlocks& blocks, Pipe& k_read,
+                                                 Pipe& v_read, int q_iter,
+                                                 const PingPong<Traits::kPingPong>& pingpong,
+                                                 int ctid, AccO& acc_o, Softmax& softmax) {
+    using namespace cute;
+    const FwdParams& p = kp.fwd;
+    typename Traits::TiledMmaQK mma_qk;
+    typename Traits::TiledMmaPV mma_pv;
+    auto thr_qk = mma_qk.get_thread_slice(ctid);
+    auto thr_pv = mma_pv.get_thread_slice(ctid);
+
+    Tensor sQ = make_tensor(make_smem_ptr(st.q.data()), typename Traits::SmemLayoutQ{});
+    Tensor sK = make_tensor(make_smem_ptr(st.k.data()), typename Traits::SmemLayoutK{});
+    Tensor sVt = make_tensor(make_smem_ptr(st.v.data()), typename Traits::SmemLayoutVt{});
+    Tensor tSrQ = thr_qk.partition_fragment_A(sQ);    // descriptors (MMA, MMA_M, MMA_K)
+    Tensor tSrK = thr_qk.partition_fragment_B(sK);    // (MMA, MMA_N, MMA_K, stages)
+    Tensor tOrV = thr_pv.partition_fragment_B(sVt);   // (MMA, MMA_H, MMA_N, stages)
+
+    Tensor acc_s = partition_fragment_C(mma_qk, Shape<Int<kBlockM>, Int<kBlockN>>{});
+    Tensor s_rc = acc_rowcol(acc_s);
+    Tensor p16 = make_tensor<Element>(acc_s.layout());
+    Tensor p_a = make_tensor(p16.data(), acc_as_a_operand_layout(p16.layout()));
+    Tensor o_rc = acc_rowcol(acc_o);
+    // Tile-local (row, col) of every score register, for the element mask.
+    Tensor s_coord = acc_rowcol(thr_qk.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kBlockN>>{})));
+    static_assert(decltype(size<0>(s_rc))::value == kRows, "rows per thread");
+
+    const int row0 = tile.m_block * kBlockM;
+    const Window window{p.window_left, p.window_right};
+    // |scale| with a floor that keeps 0 * inf out of masked scores; a negative scale negates S.
+    const float scale_log2 = fmaxf(fabsf(p.scale_log2), FLT_MIN);
+    const bool negate = p.scale < 0.f;
+
+    // Masked scores -> probabilities in s_rc; true when O must be rescaled by `factor`.
+    auto softmax_step = [&](int n, auto masked, float (&factor)[kRows]) __attribute__((always_inline)) {
+      if (negate) {
+        CUTE_UNROLL
+        for (int i = 0; i < size(acc_s); ++i) acc_s(i) = -acc_s(i);
+      }
+      if constexpr (decltype(masked)::value) {
+        mask_tile(s_rc, s_coord, row0, n * kBlockN, window, p.s);
+      }
+      return softmax.update(s_rc, scale_log2, factor);
+    };
+
+    Barrier::wait(&st.q_full, q_iter & 1);
+    // Prologue: S for the first block alone (O is still zero: no rescale needed).
+    {
+      wait_full(st.k_full, k_read);
+      wgmma_issue<true>(mma_qk, tSrQ, tSrK(_, _, _, k_read.index), acc_s);
+      wgmma_wait<0>(acc_s);
+      release(st.k_empty, k_read);
+      float factor[kRows];
+      softmax_step(blocks.n_hi, std::true_type{}, factor);
+      convert_fragment(acc_s, p16);
+    }
+
+    auto step = [&](int n, auto masked) __attribute__((always_inline)) {
+      wait_full(st.k_full, k_read);
+      wait_full(st.v_full, v_read);
+      pingpong.wait_turn();
+      wgmma_issue<true>(mma_qk, tSrQ, tSrK(_, _, _, k_read.index), acc_s);
+      wgmma_issue<false>(mma_pv, p_a, tOrV(_, _, _, v_read.index), acc_o);
+      pingpong.pass_turn();
+      wgmma_wait<1>(acc_s);
+      release(st.k_empty, k_read);
+      float factor[kRows];
+      const bool rescale = softmax_step(n, masked, factor);
+      wgmma_wait<0>(acc_o, p_a);
+      release(st.v_empty, v_read);
+      if (rescale) {
+        CUTE_UNROLL
+        for (int i = 0; i < kRows; ++i) {
+          CUTE_UNROLL
+          for (int j = 0; j < size<1>(o_rc); ++j) o_rc(i, j) *= factor[i];
+        }
+      }
+      convert_fragment(acc_s, p16);
+    };
+
+    // Separate instantiations for masked and unmasked blocks: the element mask costs a
+    // compare and select per score, and most blocks of long rows need none.
+    int n = blocks.n_hi - 1;
+    for (; n >= blocks.n_lo && n > blocks.unmasked_hi; --n) step(n, std::true_type{});
+    for (; n >= blocks.n_lo && n >= blocks.unmasked_lo; --n) step(n, std::false_type{});
+    for (; n >= blocks.n_lo; --n) step(n, std::true_type{});
+
+    // Every S product of this warp has completed: Q may be overwritten.
+    if (threadIdx.x % 32 == 0) Barrier::arrive(&st.q_empty);
+    wait_full(st.v_full, v_read);
+    wgmma_issue<false>(mma_pv, p_a, tOrV(_, _, _, v_read.index), acc_o);
+    wgmma_wait<0>(acc_o, p_a);
+    release(st.v_empty, v_read);
+  }
+};
+
+}  // namespace jax_flash::sm90

@@ -1,0 +1,168 @@
+// Tile shapes, shared-memory layouts, wgmma and TMA types of the sm90 forward kernel: the one
+// place for sm90 forward tile heuristics.
+//
+// Dimension legend: kBlockM query rows per CTA (64 per consumer warpgroup), kBlockN keys per
+// pipeline stage, kHeadDim the instantiated (padded) head dim, kStages K and V buffers each.
+#pragma once
+
+#include <cstdint>
+#include <type_traits>
+
+#include <cute/tensor.hpp>
+// wgmma shapes whose N is not a multiple of 16 (e.g. 64x80x16) live in the "extended" headers,
+// which cute/tensor.hpp includes only under a macro; included here by name instead.
+#include <cute/arch/mma_sm90_gmma_ext.hpp>
+#include <cute/atom/mma_traits_sm90_gmma_ext.hpp>
+#include <cutlass/numeric_types.h>
+
+#include "params.h"
+
+namespace jax_flash::sm90 {
+
+// The S = Q K^T atom: one warpgroup computes 64 x kBlockN, both operands from shared memory.
+template <typename Element, int kBlockN>
+constexpr auto qk_mma_atom() {
+  using namespace cute;
+  constexpr bool kHalf = std::is_same_v<Element, cutlass::half_t>;
+  if constexpr (kBlockN == 80) {
+    if constexpr (kHalf) {
+      return SM90::GMMA::MMA_64x80x16_F32F16F16_SS<GMMA::Major::K, GMMA::Major::K>{};
+    } else {
+      return SM90::GMMA::MMA_64x80x16_F32BF16BF16_SS<GMMA::Major::K, GMMA::Major::K>{};
+    }
+  } else {
+    static_assert(kBlockN % 64 == 0, "kBlockN: 80 or a multiple of 64");
+    return GMMA::ss_op_selector<Element, Element, float, Shape<_64, Int<kBlockN>, _16>>();
+  }
+}
+
+template <typename Element_, int kHeadDim_, int kBlockN_, int kStages_, bool kPingPong_>
+struct FwdTraits {
+  using Element = Element_;
+  static constexpr int kHeadDim = kHeadDim_;
+  static constexpr int kBlockN = kBlockN_;
+  static constexpr int kStages = kStages_;
+  // Consumer warpgroups take turns issuing their wgmmas (named barriers), so that one's softmax
+  // runs while the other's matrix products occupy the tensor cores.
+  static constexpr bool kPingPong = kPingPong_;
+
+  static constexpr int kConsumerWarpGroups = 2;
+  static constexpr int kBlockM = 64 * kConsumerWarpGroups;
+  static constexpr int kConsumerThreads = 128 * kConsumerWarpGroups;
+  static constexpr int kConsumerWarps = kConsumerThreads / 32;
+  static constexpr int kNThreads = 128 + kConsumerThreads;  // warpgroup 0 produces (TMA)
+  // Registers per thread after setmaxnreg: 128 x 24 + 256 x 240 = 64,512 <= 65,536.
+  static constexpr int kProducerRegs = 24;
+  static constexpr int kConsumerRegs = 240;
+
+  static_assert(std::is_same_v<Element, cutlass::half_t> ||
+                std::is_same_v<Element, cutlass::bfloat16_t>, "fp16 or bf16 only");
+  static_assert(kHeadDim % 64 == 0 && kHeadDim <= 256, "head dim: 64, 128, 192 or 256");
+  static_assert(kBlockN % 16 == 0, "P @ V reads P in k16 slices");
+
+  using TileQK = cute::Shape<cute::Int<kBlockM>, cute::Int<kBlockN>, cute::Int<kHeadDim>>;
+  using TilePV = cute::Shape<cute::Int<kBlockM>, cute::Int<kHeadDim>, cute::Int<kBlockN>>;
+  using WarpGroups = cute::Layout<cute::Shape<cute::Int<kConsumerWarpGroups>, cute::_1, cute::_1>>;
+  // Each consumer warpgroup owns 64 query rows of both products; P (the A operand of P @ V)
+  // comes from registers, V^T is read from shared memory in MN-major order.
+  using TiledMmaQK = decltype(cute::make_tiled_mma(qk_mma_atom<Element, kBlockN>(), WarpGroups{}));
+  using TiledMmaPV = decltype(cute::make_tiled_mma(
+      cute::GMMA::rs_op_selector<Element, Element, float, TilePV, cute::GMMA::Major::K,
+                                 cute::GMMA::Major::MN>(),
+      WarpGroups{}));
+
+  // 128-byte swizzled tiles, as wgmma and TMA both want them. K and Q are K-major (head dim
+  // contiguous). V is stored as V^T (head dim x keys, head dim contiguous): the same bytes as a
+  // K-major V tile, with the keys of each 64-column chunk contiguous, so one TMA box per chunk.
+  using SmemLayoutQ = decltype(cute::tile_to_shape(
+      cute::GMMA::Layout_K_SW128_Atom<Element>{},
+      cute::Shape<cute::Int<kBlockM>, cute::Int<kHeadDim>>{}));
+  using SmemLayoutK = decltype(cute::tile_to_shape(
+      cute::GMMA::Layout_K_SW128_Atom<Element>{},
+      cute::Shape<cute::Int<kBlockN>, cute::Int<kHeadDim>, cute::Int<kStages>>{}));
+  using SmemLayoutVt = decltype(cute::tile_to_shape(
+      cute::GMMA::Layout_MN_SW128_Atom<Element>{},
+      cute::Shape<cute::Int<kHeadDim>, cute::Int<kBlockN>, cute::Int<kStages>>{},
+      cute::Step<cute::_2, cute::_1, cute::_3>{}));
+
+  struct SharedStorage {
+    cute::array_aligned<Element, cute::cosize_v<SmemLayoutQ>, 1024> q;
+    cute::array_aligned<Element, cute::cosize_v<SmemLayoutK>, 1024> k;
+    cute::array_aligned<Element, cute::cosize_v<SmemLayoutVt>, 1024> v;
+    uint64_t q_full;  // mbarriers: TMA landed (transaction count) / consumers done reading
+    uint64_t q_empty;
+    uint64_t k_full[kStages];
+    uint64_t k_empty[kStages];
+    uint64_t v_full[kStages];
+    uint64_t v_empty[kStages];
+  };
+  static constexpr int kSmemBytes = int(sizeof(SharedStorage));
+  static_assert(kSmemBytes <= 227 * 1024, "shared memory per block on sm90 is 227 KB");
+
+  static constexpr uint32_t kQBytes = kBlockM * kHeadDim * sizeof(Element);
+  static constexpr uint32_t kKVBytes = kBlockN * kHeadDim * sizeof(Element);
+
+  // Global tensors as TMA sees them: (rows, head dim, heads, batch) for Q and K, and
+  // (head dim, rows, heads, batch) for V, read as V^T. Strides in elements.
+  using GmemShape = cute::Shape<int32_t, int32_t, int32_t, int32_t>;
+  using GmemStride = cute::Stride<int64_t, cute::_1, int64_t, int64_t>;
+  using GmemStrideVt = cute::Stride<cute::_1, int64_t, int64_t, int64_t>;
+  static auto make_tma_q(const Element* ptr, GmemShape shape, GmemStride stride) {
+    return cute::make_tma_copy(cute::SM90_TMA_LOAD{},
+                               cute::make_tensor(cute::make_gmem_ptr(ptr), shape, stride),
+                               SmemLayoutQ{}, cute::Shape<cute::Int<kBlockM>, cute::Int<kHeadDim>>{},
+                               cute::_1{});
+  }
+  static auto make_tma_k(const Element* ptr, GmemShape shape, GmemStride stride) {
+    return cute::make_tma_copy(cute::SM90_TMA_LOAD{},
+                               cute::make_tensor(cute::make_gmem_ptr(ptr), shape, stride),
+                               cute::take<0, 2>(SmemLayoutK{}),
+                               cute::Shape<cute::Int<kBlockN>, cute::Int<kHeadDim>>{}, cute::_1{});
+  }
+  static auto make_tma_vt(const Element* ptr, GmemShape shape, GmemStrideVt stride) {
+    return cute::make_tma_copy(cute::SM90_TMA_LOAD{},
+                               cute::make_tensor(cute::make_gmem_ptr(ptr), shape, stride),
+                               cute::take<0, 2>(SmemLayoutVt{}),
+                               cute::Shape<cute::Int<kHeadDim>, cute::Int<kBlockN>>{}, cute::_1{});
+  }
+  using TmaQ = decltype(make_tma_q(nullptr, GmemShape{}, GmemStride{}));
+  using TmaK = decltype(make_tma_k(nullptr, GmemShape{}, GmemStride{}));
+  using TmaVt = decltype(make_tma_vt(nullptr, GmemShape{}, GmemStrideVt{}));
+};
+
+// Everything the kernel reads, passed by value as a __grid_constant__ parameter (the TMA
+// descriptors must live in parameter, constant or global memory).
+template <class Traits>
+struct KernelParams {
+  typename Traits::TmaQ tma_q;
+  typename Traits::TmaK tma_k;
+  typename Traits::TmaVt tma_vt;
+  FwdParams fwd;
+  int num_m_blocks;
+  bool heavy_first;  // tile order, see scheduler.cuh
+};
+
+// Default tiles per head dim (fp16 and bf16 alike). Not tuned on a GPU yet: FlashAttention-3's
+// shapes where they compile without spills (ptxas -v, 240 registers per consumer thread).
+//   hdim 64   128 x 128, 3 stages (Q 16 KB + K/V 96 KB), ping-pong
+//   hdim 128  128 x 128, 2 stages (Q 32 KB + K/V 128 KB), ping-pong
+//   hdim 256  128 x 64,  2 stages (Q 64 KB + K/V 128 KB), no ping-pong (FlashAttention-3 found
+//             none to gain with a 128-register O accumulator). 128 x 80 (FlashAttention-3's
+//             choice, 224 KB) spills 28 bytes in the mainloop here.
+template <typename Element, int kHeadDim>
+struct FwdDefaultTraits;
+
+template <typename Element>
+struct FwdDefaultTraits<Element, 64> {
+  using type = FwdTraits<Element, 64, 128, 3, true>;
+};
+template <typename Element>
+struct FwdDefaultTraits<Element, 128> {
+  using type = FwdTraits<Element, 128, 128, 2, true>;
+};
+template <typename Element>
+struct FwdDefaultTraits<Element, 256> {
+  using type = FwdTraits<Element, 256, 64, 2, false>;
+};
+
+}  // namespace jax_flash::sm90

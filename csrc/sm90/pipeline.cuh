@@ -1,0 +1,127 @@
+// Synchronization, wgmma issue and fragment-layout helpers of the sm90 kernels.
+//
+// Vocabulary:
+//   full / empty barrier   an mbarrier per shared-memory buffer. The producer arms `full` with the
+//                          byte count of its TMA copies (transaction count); consumers wait on it.
+//                          Each consumer warp arrives on `empty` once it no longer reads the buffer;
+//                          the producer waits on it before overwriting.
+//   phase                  mbarriers complete phases 0, 1, 2, ...; waiting with parity p returns
+//                          once the phase of that parity is complete, so a ring of kStages buffers
+//                          flips the parity it waits for each time it wraps around.
+//   acc fragment           a thread's part of a wgmma accumulator, layout ((2, 2, V), M, N): per
+//                          n8 column block V, 2 adjacent columns x rows {r, r + 8}; the 4 lanes of
+//                          a quad share a row, as with mma.sync.
+#pragma once
+
+#include <cstdint>
+
+#include <cute/tensor.hpp>
+#include <cutlass/arch/barrier.h>
+
+namespace jax_flash::sm90 {
+
+using Barrier = cutlass::arch::ClusterBarrier;               // cluster of one CTA: CTA scope
+using TxBarrier = cutlass::arch::ClusterTransactionBarrier;  // + TMA transaction bytes
+
+// Position in a ring of kStages buffers and the parity of the current pass over it.
+template <int kStages>
+struct PipeState {
+  int index = 0;
+  uint32_t phase = 0;
+  __device__ __forceinline__ void advance() {
+    if (++index == kStages) {
+      index = 0;
+      phase ^= 1u;
+    }
+  }
+};
+
+// Consumer warps: wait until buffer `st` is full; release it (one arrival per warp).
+template <int kStages>
+__device__ __forceinline__ void wait_full(uint64_t* full, const PipeState<kStages>& st) {
+  Barrier::wait(&full[st.index], st.phase);
+}
+template <int kStages>
+__device__ __forceinline__ void release(uint64_t* empty, PipeState<kStages>& st) {
+  if (threadIdx.x % 32 == 0) Barrier::arrive(&empty[st.index]);
+  st.advance();
+}
+
+// Turn-taking of two consumer warpgroups around their wgmma issues, on two named barriers of
+// 256 threads (one per warpgroup): a warpgroup waits for its turn on its own barrier and passes
+// the turn by arriving on the other's. Warpgroup 0 gives itself the first turn. Both warpgroups
+// must take the same number of turns (they walk the same key blocks); the very last pass is
+// left pending at exit, which the hardware allows.
+template <bool kEnabled>
+struct PingPong {
+  static constexpr uint32_t kFirstId = 0;  // user ids; CUTLASS offsets them past its reserved ids
+  int wg;                                  // consumer warpgroup, 0 or 1
+
+  __device__ __forceinline__ void start() const {
+    if constexpr (kEnabled) {
+      if (wg == 0) cutlass::arch::NamedBarrier::arrive(256, kFirstId);
+    }
+  }
+  __device__ __forceinline__ void wait_turn() const {
+    if constexpr (kEnabled) cutlass::arch::NamedBarrier::sync(256, kFirstId + wg);
+  }
+  __device__ __forceinline__ void pass_turn() const {
+    if constexpr (kEnabled) cutlass::arch::NamedBarrier::arrive(256, kFirstId + (1 - wg));
+  }
+};
+
+// Issue acc (+)= A @ B as one committed wgmma group; returns without waiting. kZeroInit
+// overwrites acc (first k-slice with scale-out 0). A may be register fragments (P) or smem
+// descriptors; B is always descriptors.
+template <bool kZeroInit, class TiledMma, class A, class B, class Acc>
+__device__ __forceinline__ void wgmma_issue(TiledMma& mma, A& a, B const& b, Acc& acc) {
+  using namespace cute;
+  constexpr bool kRegA = !is_base_of<GMMA::DescriptorIterator, typename TiledMma::FrgTypeA>::value;
+  if constexpr (kRegA) warpgroup_fence_operand(a);
+  warpgroup_fence_operand(acc);
+  warpgroup_arrive();
+  mma.accumulate_ = kZeroInit ? GMMA::ScaleOut::Zero : GMMA::ScaleOut::One;
+  CUTE_UNROLL
+  for (int k = 0; k < size<2>(a); ++k) {
+    gemm(mma, a(_, _, k), b(_, _, k), acc);
+    mma.accumulate_ = GMMA::ScaleOut::One;
+  }
+  warpgroup_commit_batch();
+  warpgroup_fence_operand(acc);
+  if constexpr (kRegA) warpgroup_fence_operand(a);
+}
+
+// Wait until at most kPending wgmma groups of this warpgroup are in flight, then pin the
+// registers of the fragments the finished groups wrote (or read) so no access moves above.
+template <int kPending, class... Frags>
+__device__ __forceinline__ void wgmma_wait(Frags&... frags) {
+  cute::warpgroup_wait<kPending>();
+  (cute::warpgroup_fence_operand(frags), ...);
+}
+
+// Row/col view of an acc fragment layout: ((2, 2, V), M, N) -> ((2, M), (2, V, N)).
+template <class Layout>
+__host__ __device__ constexpr auto acc_rowcol_layout(Layout acc) {
+  using namespace cute;
+  static_assert(decltype(rank<0>(acc))::value == 3, "expected a wgmma acc fragment");
+  return make_layout(make_layout(get<0, 1>(acc), get<1>(acc)),
+                     make_layout(get<0, 0>(acc), get<0, 2>(acc), get<2>(acc)));
+}
+
+template <class Tensor>
+__device__ __forceinline__ auto acc_rowcol(Tensor&& t) {
+  return cute::make_tensor(t.data(), acc_rowcol_layout(t.layout()));
+}
+
+// An acc fragment of P (64 x N per warpgroup) read as the register A operand of P @ V: a
+// k16 slice of A holds, per thread, exactly the C values of two adjacent n8 column blocks.
+// ((2, 2, V), M, N) -> ((2, 2, 2), M, (V / 2, N)).
+template <class Layout>
+__host__ __device__ constexpr auto acc_as_a_operand_layout(Layout acc) {
+  using namespace cute;
+  auto v = logical_divide(get<0>(acc), Shape<Underscore, Underscore, _2>{});  // (2, 2, (2, V/2))
+  return make_layout(make_layout(get<0>(v), get<1>(v), get<2, 0>(v)), get<1>(acc),
+                     make_layout(get<2, 1>(v), get<2>(acc)));
+}
+
+}  // namespace jax_flash::sm90

@@ -1,0 +1,490 @@
+// Standalone check and benchmark of the sm90 forward kernel (no JAX, no FFI). sm_90a only.
+//
+//   sm90_fwd_check check [name]  correctness of the default instantiations and tuning variants
+//                                (those whose name contains `name`) against a naive GPU reference
+//   sm90_fwd_check quick [name]  the same on the small cases only (for compute-sanitizer)
+//   sm90_fwd_check bench [name]  TFLOP/s at the BENCHMARKS.md shapes (16k tokens, hidden 2048)
+//   sm90_fwd_check list          variant names
+//
+// Pass rule (FlashAttention's): max |o - ref| <= 2 max |o_lowp - ref| + 1e-5, where ref is float32
+// attention and o_lowp the same attention with the input dtype's roundings (scaled q, scores, P,
+// output); lse within 1e-3 (absolute, scaled by max(1, |lse|)); rows that see no key exactly 0
+// with lse = -inf; no NaN (outputs are poisoned with NaN first). Every case runs twice and the
+// two outputs must agree bit for bit (a difference means a race). Each launch is watched: a
+// kernel still running after 20 s is reported as a hang and the program exits.
+//
+// Build (from the repo root; tests/cuda/sm90_run.sh does this when no binary was carried):
+//   nvcc -std=c++17 -O3 --use_fast_math --expt-relaxed-constexpr --expt-extended-lambda \
+//     -gencode=arch=compute_90a,code=sm_90a -I csrc -I <cutlass>/include \
+//     tests/cuda/sm90_fwd_check.cu -o out/sm90/sm90_fwd_check
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "sm90/fwd_launch.cuh"
+
+using namespace jax_flash;
+
+#define CHECK_CUDA(x)                                                                         \
+  do {                                                                                        \
+    cudaError_t e_ = (x);                                                                     \
+    if (e_ != cudaSuccess) {                                                                  \
+      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_)); \
+      std::exit(2);                                                                           \
+    }                                                                                         \
+  } while (0)
+
+// Wait for the device with a deadline: a pipeline bug shows up as a hang, not a wrong number.
+void sync_or_die(const char* what) {
+  const auto start = std::chrono::steady_clock::now();
+  for (;;) {
+    const cudaError_t e = cudaStreamQuery(0);
+    if (e == cudaSuccess) return;
+    if (e != cudaErrorNotReady) {
+      std::fprintf(stderr, "%s: %s\n", what, cudaGetErrorString(e));
+      std::exit(2);
+    }
+    if (std::chrono::steady_clock::now() - start > std::chrono::seconds(20)) {
+      std::printf("HANG %s: kernel still running after 20 s\n", what);
+      std::fflush(stdout);
+      std::_Exit(3);
+    }
+    std::this_thread::sleep_for(std::chrono::microseconds(200));
+  }
+}
+
+using LaunchFn = cudaError_t (*)(const FwdParams&, cudaStream_t, bool heavy_first);
+using RunFn = cudaError_t (*)(const FwdParams&, cudaStream_t);
+struct Variant {
+  std::string name;
+  bool bf16;
+  int hdim;
+  bool is_default;
+  LaunchFn launch;  // these tiles, in the given tile order
+  RunFn run;        // defaults: the library entry point (checks call it); else null
+};
+
+template <class Traits>
+cudaError_t launch_variant(const FwdParams& p, cudaStream_t s, bool heavy_first) {
+  return sm90::launch_fwd<Traits>(p, s, heavy_first);
+}
+
+template <class Traits>
+std::string variant_name() {
+  char name[80];
+  std::snprintf(name, sizeof(name), "%s h%d %dx%d s%d%s",
+                std::is_same_v<typename Traits::Element, cutlass::bfloat16_t> ? "bf16" : "fp16",
+                Traits::kHeadDim, Traits::kBlockM, Traits::kBlockN, Traits::kStages,
+                Traits::kPingPong ? " pp" : "");
+  return name;
+}
+
+template <typename E, int H>
+Variant default_variant() {
+  using T = typename sm90::FwdDefaultTraits<E, H>::type;
+  return Variant{variant_name<T>(), std::is_same_v<E, cutlass::bfloat16_t>, H, true,
+                 &launch_variant<T>, &sm90::run_fwd<E, H>};
+}
+
+template <typename E, int H, int N, int S, bool PP>
+Variant tuning_variant() {
+  using T = sm90::FwdTraits<E, H, N, S, PP>;
+  return Variant{variant_name<T>(), std::is_same_v<E, cutlass::bfloat16_t>, H, false,
+                 &launch_variant<T>, nullptr};
+}
+
+std::vector<Variant> all_variants() {
+  using bf16 = cutlass::bfloat16_t;
+  using fp16 = cutlass::half_t;
+  return {
+      default_variant<bf16, 64>(), default_variant<bf16, 128>(), default_variant<bf16, 256>(),
+      default_variant<fp16, 64>(), default_variant<fp16, 128>(), default_variant<fp16, 256>(),
+#ifndef SM90_CHECK_DEFAULTS_ONLY
+      // What the first GPU run should tell us: ping-pong's worth at hdim 128 and 256, and a
+      // wider key block at hdim 64.
+      tuning_variant<bf16, 128, 128, 2, false>(),
+      tuning_variant<bf16, 256, 64, 2, true>(),
+      tuning_variant<bf16, 64, 192, 2, true>(),
+#endif
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Device helpers: random init, naive reference.
+
+template <typename E>
+__device__ float round_to(float x) {
+  return float(E(x));
+}
+
+__device__ uint64_t mix64(uint64_t x) {
+  x ^= x >> 33;
+  x *= 0xff51afd7ed558ccdull;
+  x ^= x >> 33;
+  x *= 0xc4ceb9fe1a85ec53ull;
+  x ^= x >> 33;
+  return x;
+}
+
+// Standard normal values (Box-Muller on a counter-based hash).
+template <typename E>
+__global__ void init_normal(E* p, int64_t n, uint64_t seed) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const uint64_t r = mix64(seed * 0x9e3779b97f4a7c15ull + uint64_t(i));
+    const float u1 = (float((r >> 40) & 0xffffff) + 1.f) / 16777217.f;
+    const float u2 = float((r >> 8) & 0xffffff) / 16777216.f;
+    p[i] = E(sqrtf(-2.f * logf(u1)) * cospif(2.f * u2));
+  }
+}
+
+template <typename E>
+void fill_normal(E* p, int64_t n, uint64_t seed) {
+  init_normal<<<1024, 256>>>(p, n, seed);
+  CHECK_CUDA(cudaGetLastError());
+}
+
+// One block per (query row, head, batch); lowp = the input dtype's roundings.
+// Outputs: o [B, T, N, H] float32 contiguous, lse [B, N, T].
+template <typename E>
+__global__ void reference_kernel(FwdParams p, bool lowp, float* o, float* lse) {
+  extern __shared__ float scores[];  // [S], then 32 floats of reduction scratch
+  float* scratch = scores + p.s;
+  const int i = blockIdx.x, n = blockIdx.y, b = blockIdx.z, kv = n / p.group;
+  const E* q = static_cast<const E*>(p.q) + b * p.q_batch_stride + int64_t(i) * p.q_row_stride +
+               n * p.q_head_stride;
+  const E* k = static_cast<const E*>(p.k) + b * p.k_batch_stride + kv * p.k_head_stride;
+  const E* v = static_cast<const E*>(p.v) + b * p.v_batch_stride + kv * p.v_head_stride;
+  const Range keys = Window{p.window_left, p.window_right}.keys_of_row(i, p.s);
+
+  auto block_reduce = [&](float x, bool is_max) {
+    for (int off = 16; off > 0; off /= 2) {
+      const float y = __shfl_xor_sync(0xffffffffu, x, off);
+      x = is_max ? fmaxf(x, y) : x + y;
+    }
+    __syncthreads();
+    if (threadIdx.x % 32 == 0) scratch[threadIdx.x / 32] = x;
+    __syncthreads();
+    x = is_max ? -INFINITY : 0.f;
+    for (int w = 0; w < int(blockDim.x / 32); ++w) x = is_max ? fmaxf(x, scratch[w]) : x + scratch[w];
+    return x;
+  };
+
+  float m = -INFINITY;
+  for (int j = threadIdx.x; j < p.s; j += blockDim.x) {
+    float s = -INFINITY;
+    if (j >= keys.lo && j < keys.hi) {
+      float acc = 0.f;
+      for (int d = 0; d < p.h; ++d) {
+        const float qd = lowp ? round_to<E>(float(q[d]) * p.scale) : float(q[d]);
+        acc += qd * float(k[int64_t(j) * p.k_row_stride + d]);
+      }
+      s = lowp ? round_to<E>(acc) : acc * p.scale;
+    }
+    scores[j] = s;
+    m = fmaxf(m, s);
+  }
+  m = block_reduce(m, true);
+  float l = 0.f;
+  for (int j = threadIdx.x; j < p.s; j += blockDim.x) l += m == -INFINITY ? 0.f : expf(scores[j] - m);
+  l = block_reduce(l, false);
+  float* orow = o + ((int64_t(b) * p.t + i) * p.n + n) * p.h;
+  for (int d = threadIdx.x; d < p.h; d += blockDim.x) {
+    float acc = 0.f;
+    if (l > 0.f) {
+      for (int j = keys.lo; j < keys.hi; ++j) {
+        float pj = expf(scores[j] - m) / l;
+        if (lowp) pj = round_to<E>(pj);
+        acc += pj * float(v[int64_t(j) * p.v_row_stride + d]);
+      }
+    }
+    orow[d] = lowp ? round_to<E>(acc) : acc;
+  }
+  if (threadIdx.x == 0) lse[(int64_t(b) * p.n + n) * p.t + i] = l > 0.f ? m + logf(l) : -INFINITY;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Correctness.
+
+struct Case {
+  const char* name;
+  int b, t, s, n, nkv, h;    // h <= 0: the variant's head dim + h
+  int left, right;           // -1 = unbounded
+  float scale_mult;          // scale = scale_mult / sqrt(h)
+  bool packed_qkv;           // q, k, v interleaved in one [B, T, 3, N, H] buffer (t == s, n == nkv)
+  int64_t big_batch_stride;  // > 0: q and o use this batch stride (64-bit offsets)
+};
+
+template <typename E>
+bool run_case(const Variant& var, const Case& c, uint64_t seed) {
+  const int h = c.h > 0 ? c.h : var.hdim + c.h;
+  FwdParams p{};
+  p.b = c.b; p.t = c.t; p.s = c.s; p.n = c.n; p.n_kv = c.nkv; p.h = p.hv = h;
+  p.group = c.n / c.nkv;
+  p.scale = c.scale_mult / std::sqrt(float(h));
+  p.scale_log2 = p.scale * float(M_LOG2E);
+  p.window_left = c.left < 0 ? kUnbounded : c.left;
+  p.window_right = c.right < 0 ? kUnbounded : c.right;
+  p.is_causal = p.window_right == 0 && p.window_left == kUnbounded;
+  p.dtype = var.bf16 ? DType::kBFloat16 : DType::kFloat16;
+
+  std::vector<void*> allocs;
+  auto alloc = [&](int64_t bytes) {
+    void* ptr;
+    CHECK_CUDA(cudaMalloc(&ptr, std::max<int64_t>(bytes, 16)));
+    allocs.push_back(ptr);
+    return ptr;
+  };
+  const int64_t qrow = int64_t(c.n) * h, kvrow = int64_t(c.nkv) * h;
+  if (c.packed_qkv) {
+    const int64_t row = 3 * qrow, total = int64_t(c.b) * c.t * row;
+    E* base = static_cast<E*>(alloc(total * sizeof(E)));
+    fill_normal(base, total, seed);
+    p.q = base; p.k = base + qrow; p.v = base + 2 * qrow;
+    p.q_batch_stride = p.k_batch_stride = p.v_batch_stride = int64_t(c.t) * row;
+    p.q_row_stride = p.k_row_stride = p.v_row_stride = row;
+  } else {
+    const int64_t qbs = c.big_batch_stride > 0 ? c.big_batch_stride : int64_t(c.t) * qrow;
+    E* q = static_cast<E*>(alloc((qbs * (c.b - 1) + int64_t(c.t) * qrow) * sizeof(E)));
+    E* k = static_cast<E*>(alloc(int64_t(c.b) * c.s * kvrow * sizeof(E)));
+    E* v = static_cast<E*>(alloc(int64_t(c.b) * c.s * kvrow * sizeof(E)));
+    for (int bi = 0; bi < c.b; ++bi) fill_normal(q + bi * qbs, int64_t(c.t) * qrow, seed + 17 * bi);
+    fill_normal(k, int64_t(c.b) * c.s * kvrow, seed + 1000);
+    fill_normal(v, int64_t(c.b) * c.s * kvrow, seed + 2000);
+    p.q = q; p.k = k; p.v = v;
+    p.q_batch_stride = qbs;
+    p.q_row_stride = qrow;
+    p.k_batch_stride = p.v_batch_stride = std::max<int64_t>(int64_t(c.s) * kvrow, kvrow);
+    p.k_row_stride = p.v_row_stride = kvrow;
+  }
+  p.q_head_stride = p.k_head_stride = p.v_head_stride = h;
+  const int64_t obs = c.big_batch_stride > 0 ? c.big_batch_stride : int64_t(c.t) * qrow;
+  const int64_t o_elems = obs * (c.b - 1) + int64_t(c.t) * qrow;
+  E* o = static_cast<E*>(alloc(o_elems * sizeof(E)));
+  const int64_t rows = int64_t(c.b) * c.n * c.t;
+  p.o = o; p.o_batch_stride = obs; p.o_row_stride = qrow; p.o_head_stride = h;
+  p.lse = static_cast<float*>(alloc(rows * 4));
+
+  // Copy out the valid part of O ([B, T, N, H] rows, skipping the batch-stride gap).
+  const int64_t out_elems = rows * h;
+  auto fetch = [&](std::vector<E>& h_o, std::vector<float>& h_lse) {
+    h_o.resize(out_elems);
+    h_lse.resize(rows);
+    for (int bi = 0; bi < c.b; ++bi) {
+      CHECK_CUDA(cudaMemcpy(h_o.data() + int64_t(bi) * c.t * qrow, o + bi * obs,
+                            int64_t(c.t) * qrow * sizeof(E), cudaMemcpyDeviceToHost));
+    }
+    CHECK_CUDA(cudaMemcpy(h_lse.data(), p.lse, rows * 4, cudaMemcpyDeviceToHost));
+  };
+  std::vector<E> h_o, h_o2;
+  std::vector<float> h_lse, h_lse2;
+  const bool heavy_first = sm90::heavy_first_order(p);
+  for (int run = 0; run < 2; ++run) {
+    CHECK_CUDA(cudaMemset(o, 0xff, o_elems * sizeof(E)));  // NaN poison
+    CHECK_CUDA(cudaMemset(p.lse, 0xff, rows * 4));
+    CHECK_CUDA(var.run ? var.run(p, 0) : var.launch(p, 0, heavy_first));
+    sync_or_die((var.name + " / " + c.name).c_str());
+    if (run == 0) fetch(h_o, h_lse); else fetch(h_o2, h_lse2);
+  }
+  const bool same = std::memcmp(h_o.data(), h_o2.data(), out_elems * sizeof(E)) == 0 &&
+                    std::memcmp(h_lse.data(), h_lse2.data(), rows * 4) == 0;
+
+  float* ref = static_cast<float*>(alloc((out_elems * 2 + rows * 2) * 4));
+  float *ref_lp = ref + out_elems, *lse_ref = ref_lp + out_elems, *lse_lp = lse_ref + rows;
+  const size_t sh = (c.s + 32) * sizeof(float);
+  CHECK_CUDA(cudaFuncSetAttribute(reference_kernel<E>, cudaFuncAttributeMaxDynamicSharedMemorySize, 200 * 1024));
+  if (rows > 0) {
+    const dim3 grid(c.t, c.n, c.b);
+    reference_kernel<E><<<grid, 128, sh>>>(p, false, ref, lse_ref);
+    reference_kernel<E><<<grid, 128, sh>>>(p, true, ref_lp, lse_lp);
+    CHECK_CUDA(cudaGetLastError());
+  }
+  sync_or_die("reference");
+  std::vector<float> h_ref(out_elems), h_lp(out_elems), h_lse_ref(rows);
+  CHECK_CUDA(cudaMemcpy(h_ref.data(), ref, out_elems * 4, cudaMemcpyDeviceToHost));
+  CHECK_CUDA(cudaMemcpy(h_lp.data(), ref_lp, out_elems * 4, cudaMemcpyDeviceToHost));
+  CHECK_CUDA(cudaMemcpy(h_lse_ref.data(), lse_ref, rows * 4, cudaMemcpyDeviceToHost));
+
+  double err = 0, err_lp = 0, err_lse = 0;
+  int64_t bad = 0, empty_rows = 0;
+  for (int64_t r = 0; r < rows; ++r) {  // r indexes [B, N, T]; outputs are [B, T, N, H]
+    const int64_t bi = r / (int64_t(c.n) * c.t), ni = (r / c.t) % c.n, ti = r % c.t;
+    const int64_t base = ((bi * c.t + ti) * c.n + ni) * h;
+    const bool empty = h_lse_ref[r] == -INFINITY;
+    empty_rows += empty;
+    if (empty ? h_lse[r] != -INFINITY
+              : !(std::fabs(h_lse[r] - h_lse_ref[r]) <= 1e-3 * std::max(1.f, std::fabs(h_lse_ref[r])))) {
+      ++bad;
+    }
+    if (!empty) err_lse = std::max(err_lse, double(std::fabs(h_lse[r] - h_lse_ref[r])));
+    for (int d = 0; d < h; ++d) {
+      const float x = float(h_o[base + d]);
+      if (std::isnan(x) || (empty && x != 0.f)) ++bad;
+      err = std::max(err, double(std::fabs(x - h_ref[base + d])));
+      err_lp = std::max(err_lp, double(std::fabs(h_lp[base + d] - h_ref[base + d])));
+    }
+  }
+  const bool ok = bad == 0 && same && err <= 2 * err_lp + 1e-5;
+  std::printf("%-4s %-22s %-28s h=%-3d err %.2e lowp %.2e lse %.1e empty %lld bad %lld%s\n",
+              ok ? "PASS" : "FAIL", var.name.c_str(), c.name, h, err, err_lp, err_lse,
+              (long long)empty_rows, (long long)bad, same ? "" : " NONDETERMINISTIC");
+  std::fflush(stdout);
+  for (void* ptr : allocs) CHECK_CUDA(cudaFree(ptr));
+  return ok;
+}
+
+int run_checks(const std::vector<Variant>& vars, bool quick) {
+  const int U = -1;
+  const Case cases[] = {
+      {"full 2x256x256 mha", 2, 256, 256, 4, 4, 0, U, U, 1.f, false, 0},
+      {"causal 300x300 gqa2", 2, 300, 300, 4, 2, 0, U, 0, 1.f, false, 0},
+      {"causal t<s 200x333 mqa", 1, 200, 333, 4, 1, -24, U, 0, 1.f, false, 0},
+      {"causal t>s 333x200", 1, 333, 200, 2, 2, -56, U, 0, 1.f, false, 0},
+      {"causal t=1 s=500", 2, 1, 500, 3, 1, 0, U, 0, 1.f, false, 0},
+      {"window(50,20) 517", 1, 517, 517, 2, 1, 0, 50, 20, 1.f, false, 0},
+      {"window(100,-) 600 left only", 1, 600, 600, 2, 2, 0, 100, U, 1.f, false, 0},
+      {"window(10,0) empty rows", 1, 300, 100, 2, 2, 0, 10, 0, 1.f, false, 0},
+      {"window(0,7) t>s", 2, 400, 129, 2, 1, -8, 0, 7, 1.f, false, 0},
+      {"s=1 t=65", 1, 65, 1, 3, 1, 0, U, U, 1.f, false, 0},
+      {"s=0 (all empty)", 1, 70, 0, 2, 2, 0, U, U, 1.f, false, 0},
+      {"negative scale", 1, 190, 250, 2, 2, 0, U, 0, -1.f, false, 0},
+      {"scale 0", 1, 64, 100, 1, 1, 0, U, U, 0.f, false, 0},
+      {"large scale 8", 1, 128, 300, 2, 2, 0, U, U, 8.f, false, 0},
+      {"packed qkv causal 257", 2, 257, 257, 3, 3, 0, U, 0, 1.f, true, 0},
+      {"persistent 8x130x700 gqa4", 8, 130, 700, 20, 5, 0, U, U, 1.f, false, 0},
+      {"persistent causal 3x1000 gqa4", 3, 1000, 1000, 16, 4, 0, U, 0, 1.f, false, 0},
+      {"long 1x2048 gqa4", 1, 2048, 2048, 8, 2, 0, U, U, 1.f, false, 0},
+  };
+  int failed = 0, total = 0;
+  uint64_t seed = 4321;
+  for (const Variant& var : vars) {
+    for (const Case& c : cases) {
+      if (quick && int64_t(c.b) * c.t * c.n > 4000) continue;
+      const bool ok = var.bf16 ? run_case<cutlass::bfloat16_t>(var, c, ++seed)
+                               : run_case<cutlass::half_t>(var, c, ++seed);
+      failed += !ok;
+      ++total;
+    }
+  }
+  // 64-bit offsets: q and o batch strides past 2^31 elements (about 4.3 GB each).
+  for (const Variant& var : vars) {
+    if (!quick && var.is_default && var.bf16 && var.hdim == 128) {
+      const Case big{"batch stride 2^31+8", 2, 100, 150, 1, 1, 0, -1, 0, 1.f, false, (int64_t(1) << 31) + 8};
+      failed += !run_case<cutlass::bfloat16_t>(var, big, ++seed);
+      ++total;
+    }
+  }
+  std::printf("%d passed, %d failed\n", total - failed, failed);
+  return failed == 0 ? 0 : 1;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Benchmark: 16k tokens per batch, hidden 2048; median of 5 repeats of 10 launches.
+
+double time_ms(const Variant& var, const FwdParams& p, bool heavy_first) {
+  cudaEvent_t e0, e1;
+  CHECK_CUDA(cudaEventCreate(&e0));
+  CHECK_CUDA(cudaEventCreate(&e1));
+  for (int i = 0; i < 2; ++i) CHECK_CUDA(var.launch(p, 0, heavy_first));
+  sync_or_die(var.name.c_str());
+  std::vector<float> reps;
+  for (int r = 0; r < 5; ++r) {
+    CHECK_CUDA(cudaEventRecord(e0));
+    for (int i = 0; i < 10; ++i) CHECK_CUDA(var.launch(p, 0, heavy_first));
+    CHECK_CUDA(cudaEventRecord(e1));
+    sync_or_die(var.name.c_str());
+    float ms;
+    CHECK_CUDA(cudaEventElapsedTime(&ms, e0, e1));
+    reps.push_back(ms / 10);
+  }
+  std::sort(reps.begin(), reps.end());
+  CHECK_CUDA(cudaEventDestroy(e0));
+  CHECK_CUDA(cudaEventDestroy(e1));
+  return reps[2];
+}
+
+template <typename E>
+void fill_any(void* p, int64_t n, uint64_t seed) {
+  fill_normal(static_cast<E*>(p), n, seed);
+}
+
+int run_bench(const std::vector<Variant>& vars) {
+  const int64_t tokens = 16384, hidden = 2048;
+  void *q, *k, *v, *o;
+  float* lse;
+  for (void** ptr : {&q, &k, &v, &o}) CHECK_CUDA(cudaMalloc(ptr, tokens * hidden * 2));
+  CHECK_CUDA(cudaMalloc(&lse, tokens * (hidden / 64) * 4));
+  const int seqlens[] = {512, 1024, 2048, 4096, 8192, 16384};
+  std::printf("%-24s %-6s %-6s %-11s %9s %9s\n", "variant", "causal", "seqlen", "order", "ms", "TFLOP/s");
+  bool filled_bf16 = false;
+  for (const Variant& var : vars) {
+    // Random normal inputs of the variant's dtype (bf16 bits are not valid fp16 normals).
+    if (var.bf16 != filled_bf16 || &var == &vars.front()) {
+      for (void* ptr : {q, k, v}) {
+        const uint64_t seed = uint64_t(reinterpret_cast<uintptr_t>(ptr));
+        if (var.bf16) fill_any<cutlass::bfloat16_t>(ptr, tokens * hidden, seed);
+        else fill_any<cutlass::half_t>(ptr, tokens * hidden, seed);
+      }
+      filled_bf16 = var.bf16;
+    }
+    for (int causal = 0; causal < 2; ++causal) {
+      for (int t : seqlens) {
+        const bool full_table = var.is_default && var.bf16;
+        if (!full_table && t != 2048 && t != 8192 && t != 16384) continue;
+        FwdParams p{};
+        p.b = int(tokens / t); p.t = p.s = t; p.h = p.hv = var.hdim;
+        p.n = p.n_kv = int(hidden / var.hdim); p.group = 1;
+        p.scale = 1.f / std::sqrt(float(var.hdim));
+        p.scale_log2 = p.scale * float(M_LOG2E);
+        p.window_left = kUnbounded; p.window_right = causal ? 0 : kUnbounded; p.is_causal = causal;
+        p.dtype = var.bf16 ? DType::kBFloat16 : DType::kFloat16;
+        p.q = q; p.k = k; p.v = v; p.o = o; p.lse = lse;
+        p.q_batch_stride = p.k_batch_stride = p.v_batch_stride = p.o_batch_stride = int64_t(t) * hidden;
+        p.q_row_stride = p.k_row_stride = p.v_row_stride = p.o_row_stride = hidden;
+        p.q_head_stride = p.k_head_stride = p.v_head_stride = p.o_head_stride = var.hdim;
+        const double flops = 4.0 * p.b * p.n * double(t) * t * var.hdim / (causal ? 2 : 1);
+        std::vector<bool> orders = {sm90::heavy_first_order(p)};
+        if (causal && full_table && (t == 2048 || t == 8192)) orders.push_back(!orders[0]);
+        for (bool heavy : orders) {
+          const double ms = time_ms(var, p, heavy);
+          std::printf("%-24s %-6d %-6d %-11s %9.3f %9.1f\n", var.name.c_str(), causal, t,
+                      heavy ? "heavy-first" : "rows-first", ms, flops / ms * 1e-9);
+          std::fflush(stdout);
+        }
+      }
+    }
+  }
+  return 0;
+}
+
+int main(int argc, char** argv) {
+  const std::string mode = argc > 1 ? argv[1] : "check";
+  cudaDeviceProp prop;
+  CHECK_CUDA(cudaGetDeviceProperties(&prop, 0));
+  std::printf("device: %s (%d SMs, cc %d.%d)\n", prop.name, prop.multiProcessorCount, prop.major,
+              prop.minor);
+  std::vector<Variant> vars;
+  for (const Variant& v : all_variants()) {  // optional filter: variant name contains argv[2]
+    if (argc <= 2 || v.name.find(argv[2]) != std::string::npos) vars.push_back(v);
+  }
+  if (mode == "list") {
+    for (const Variant& v : vars) std::printf("%s\n", v.name.c_str());
+    return 0;
+  }
+  if (prop.major != 9 || prop.minor != 0) {
+    std::fprintf(stderr, "sm_90a kernels need a compute capability 9.0 device\n");
+    return 2;
+  }
+  if (mode == "check" || mode == "quick") return run_checks(vars, mode == "quick");
+  if (mode == "bench") return run_bench(vars);
+  std::fprintf(stderr, "usage: sm90_fwd_check check|quick|bench|list [variant name part]\n");
+  return 2;
+}

@@ -1,0 +1,48 @@
+#!/bin/bash
+# Device-side driver for the sm90 forward kernel: correctness, timings, peers, memcheck, in one
+# call that fits a 300 s limit. Uses out/sm90/sm90_fwd_check built here and carried (build
+# command in tests/cuda/sm90_fwd_check.cu), or builds it on the device if that binary cannot run.
+# Peers: cuDNN through JAX, and FlashAttention-3 from .whl/flash_attn3_jax-*.whl when carried.
+# usage: tests/cuda/sm90_run.sh            (logs under $OUT: check, bench, peers, memcheck)
+set -o pipefail
+cd "$(dirname "$0")/../.."
+OUT=${OUT:-/tmp/sm90_out}; mkdir -p "$OUT"
+BIN=out/sm90/sm90_fwd_check
+nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,driver_version --format=csv,noheader
+if ! $BIN list >/dev/null 2>&1; then
+  python3 -c 'import cutlass_library' 2>/dev/null || {
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/nvidia_cutlass*.whl
+    export PYTHONPATH=/tmp/site; }
+  CUTLASS=$(python3 -c 'import cutlass_library, os; print(os.path.dirname(cutlass_library.__file__))')/source/include
+  echo "building on device (carried binary did not run)"
+  mkdir -p /tmp/sm90 && BIN=/tmp/sm90/sm90_fwd_check
+  nvcc -std=c++17 -O3 --use_fast_math --expt-relaxed-constexpr --expt-extended-lambda \
+    -gencode=arch=compute_90a,code=sm_90a -I csrc -I "$CUTLASS" tests/cuda/sm90_fwd_check.cu \
+    -o $BIN || exit 1
+fi
+
+timeout 110 $BIN check > "$OUT/check.txt" 2>&1; echo "check exit $?" >> "$OUT/check.txt"
+if grep -q "^HANG" "$OUT/check.txt"; then  # a hung pipeline would hang every timing too
+  grep -E "^(FAIL|HANG)|passed" "$OUT/check.txt"; tail -3 "$OUT/check.txt"; exit 3
+fi
+timeout 60 $BIN bench > "$OUT/bench.txt" 2>&1; echo "bench exit $?" >> "$OUT/bench.txt"
+if ls .whl/flash_attn3_jax-*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/fa3 .whl/flash_attn3_jax-*.whl \
+    && export PYTHONPATH=/tmp/fa3${PYTHONPATH:+:$PYTHONPATH}
+fi
+if [ $SECONDS -lt 200 ]; then
+  PYTHONUNBUFFERED=1 timeout $((280 - SECONDS - 30)) python3 tests/cuda/sm90_peers.py 2>&1 \
+    | grep -v -i warning > "$OUT/peers.txt"
+fi
+if [ $SECONDS -lt 250 ]; then
+  timeout $((290 - SECONDS)) compute-sanitizer --tool memcheck $BIN quick "bf16 h128" 2>&1 \
+    | tail -8 > "$OUT/memcheck.txt"
+fi
+
+# The reply shows only the tail: failures and totals, then the tables.
+echo "== check (full log: check.txt)"
+grep -E "^(FAIL|HANG)|passed|exit|error|rror" "$OUT/check.txt" | head -40
+echo "== bench"; cat "$OUT/bench.txt"
+echo "== peers"; cat "$OUT/peers.txt" 2>/dev/null
+echo "== memcheck"; cat "$OUT/memcheck.txt" 2>/dev/null
+echo "total ${SECONDS}s"
