@@ -15,13 +15,16 @@
 //
 // Evidence, reproducible without a GPU (from the repo root; CUTLASS = the nvidia-cutlass
 // wheel's cutlass_library/source/include):
-//   nvcc -std=c++17 -O3 --use_fast_math --expt-relaxed-constexpr --expt-extended-lambda \
+//   nvcc -std=c++17 -O3 --use_fast_math --expt-relaxed-constexpr \
 //     -gencode=arch=compute_90a,code=sm_90a -Xptxas -v -I csrc -I $CUTLASS \
 //     -cubin -o /tmp/fwd.cubin tests/cuda/sm90_fwd_one.cu -DSM90_HDIM=128 -DSM90_BF16=1
-//   -> ptxas prints registers, "0 bytes spill stores/loads" and the shared memory per kernel;
-//   cuobjdump -sass /tmp/fwd.cubin | grep -c HGMMA   (cuobjdump: pip install nvidia-cuda-cuobjdump)
-//   -> the wgmma products as HGMMA.64x128x16.F32.BF16 (S) and HGMMA.64x128x16.F32.BF16 with an
-//   R operand (P V). tests/cuda/sm90_notes.md records the numbers.
+//   -> ptxas: "0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads" (the 168
+//      registers it reports are the entry cap of 384 threads; setmaxnreg then gives 24 / 240).
+//   cuobjdump -sass /tmp/fwd.cubin | grep HGMMA      (pip install nvidia-cuda-cuobjdump)
+//   -> S = Q K^T as "HGMMA.64x128x16.F32.BF16 R24, gdesc[..], R24" (both operands in shared
+//      memory) and O += P V as "HGMMA.64x128x16.F32.BF16 R88, R152, gdesc[..].tnspB, R88" (P
+//      from registers, V^T transposed from shared memory); no LDL/STL anywhere.
+// tests/cuda/sm90_notes.md has the numbers of every instantiation.
 #pragma once
 
 #include <cuda_runtime.h>

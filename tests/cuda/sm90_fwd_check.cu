@@ -14,7 +14,7 @@
 // kernel still running after 20 s is reported as a hang and the program exits.
 //
 // Build (from the repo root; tests/cuda/sm90_run.sh does this when no binary was carried):
-//   nvcc -std=c++17 -O3 --use_fast_math --expt-relaxed-constexpr --expt-extended-lambda \
+//   nvcc -std=c++17 -O3 --use_fast_math --expt-relaxed-constexpr \
 //     -gencode=arch=compute_90a,code=sm_90a -I csrc -I <cutlass>/include \
 //     tests/cuda/sm90_fwd_check.cu -o out/sm90/sm90_fwd_check
 #include <cuda_runtime.h>

@@ -1,7 +1,7 @@
 #!/bin/bash
 # Device-side driver for the sm90 forward kernel: correctness, timings, peers, memcheck, in one
-# call that fits a 300 s limit. Uses out/sm90/sm90_fwd_check built here and carried (build
-# command in tests/cuda/sm90_fwd_check.cu), or builds it on the device if that binary cannot run.
+# call that fits a 300 s limit. Uses out/sm90/sm90_fwd_check built by tests/cuda/sm90_build.sh
+# and carried, or rebuilds it on the device when it is missing, cannot run or is stale.
 # Peers: cuDNN through JAX, and FlashAttention-3 from .whl/flash_attn3_jax-*.whl when carried.
 # usage: tests/cuda/sm90_run.sh            (logs under $OUT: check, bench, peers, memcheck)
 set -o pipefail
@@ -9,16 +9,13 @@ cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/sm90_out}; mkdir -p "$OUT"
 BIN=out/sm90/sm90_fwd_check
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,driver_version --format=csv,noheader
-if ! $BIN list >/dev/null 2>&1; then
+SRC_SHA=$(cat csrc/params.h csrc/common/*.h csrc/common/*.cuh csrc/sm90/* tests/cuda/sm90_fwd_check.cu | sha1sum | cut -d' ' -f1)
+if ! $BIN list >/dev/null 2>&1 || [ "$SRC_SHA" != "$(cat out/sm90/src.sha1 2>/dev/null)" ]; then
   python3 -c 'import cutlass_library' 2>/dev/null || {
     python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/nvidia_cutlass*.whl
     export PYTHONPATH=/tmp/site; }
-  CUTLASS=$(python3 -c 'import cutlass_library, os; print(os.path.dirname(cutlass_library.__file__))')/source/include
-  echo "building on device (carried binary did not run)"
-  mkdir -p /tmp/sm90 && BIN=/tmp/sm90/sm90_fwd_check
-  nvcc -std=c++17 -O3 --use_fast_math --expt-relaxed-constexpr --expt-extended-lambda \
-    -gencode=arch=compute_90a,code=sm_90a -I csrc -I "$CUTLASS" tests/cuda/sm90_fwd_check.cu \
-    -o $BIN || exit 1
+  echo "building on the device (carried binary missing, not runnable here, or stale)"
+  bash tests/cuda/sm90_build.sh || exit 1
 fi
 
 timeout 110 $BIN check > "$OUT/check.txt" 2>&1; echo "check exit $?" >> "$OUT/check.txt"
