@@ -411,11 +411,6 @@ double time_ms(const Variant& var, const FwdParams& p, bool heavy_first) {
   return reps[2];
 }
 
-template <typename E>
-void fill_any(void* p, int64_t n, uint64_t seed) {
-  fill_normal(static_cast<E*>(p), n, seed);
-}
-
 int run_bench(const std::vector<Variant>& vars) {
   const int64_t tokens = 16384, hidden = 2048;
   void *q, *k, *v, *o;
@@ -430,8 +425,8 @@ int run_bench(const std::vector<Variant>& vars) {
     if (var.bf16 != filled_bf16 || &var == &vars.front()) {
       for (void* ptr : {q, k, v}) {
         const uint64_t seed = uint64_t(reinterpret_cast<uintptr_t>(ptr));
-        if (var.bf16) fill_any<cutlass::bfloat16_t>(ptr, tokens * hidden, seed);
-        else fill_any<cutlass::half_t>(ptr, tokens * hidden, seed);
+        if (var.bf16) fill_normal(static_cast<cutlass::bfloat16_t*>(ptr), tokens * hidden, seed);
+        else fill_normal(static_cast<cutlass::half_t*>(ptr), tokens * hidden, seed);
       }
       filled_bf16 = var.bf16;
     }
