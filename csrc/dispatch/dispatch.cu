@@ -9,12 +9,18 @@
 
 #include "build_config.h"
 #include "sm80/launch.h"
+#include "sm90/launch.h"
 
 namespace jax_flash {
 namespace {
 
-// Families with a kernel for both directions. sm90 joins here when its kernels exist.
-bool arch_built(int arch) { return arch == 80 && JAX_FLASH_KERNELS_COMPLETE; }
+// Families this build can run in both directions. 90: the sm90 forward with the sm80
+// backward (its sm_90 SASS) until an sm90 backward exists.
+bool arch_built(int arch) {
+  if (arch == 80) return JAX_FLASH_KERNELS_COMPLETE;
+  if (arch == 90) return JAX_FLASH_KERNELS_COMPLETE && JAX_FLASH_SM90_BUILT;
+  return false;
+}
 
 // First (smallest) built head dim >= h for Element; the X list is ascending per dtype.
 template <typename Element>
@@ -39,11 +45,23 @@ cudaError_t sm80_bwd(const BwdParams& params, cudaStream_t stream) {
   return cudaErrorNotSupported;
 }
 
+template <typename Element>
+cudaError_t sm90_fwd(const FwdParams& params, cudaStream_t stream) {
+#define JAX_FLASH_TRY(ENUM, ELEMENT, HDIM)                                     \
+  if constexpr (std::is_same_v<ELEMENT, Element>) {                            \
+    if (params.h <= HDIM) return sm90::run_fwd<ELEMENT, HDIM>(params, stream); \
+  }
+  JAX_FLASH_SM90_FWD_KERNELS(JAX_FLASH_TRY)
+#undef JAX_FLASH_TRY
+  return cudaErrorNotSupported;
+}
+
 }  // namespace
 
 int select_arch(int cc, int force_arch) {
   switch (force_arch) {
-    case 0:  // sm90 kernels will be preferred on cc 9.0 once they exist
+    case 0:  // Hopper (cc 9.0 exactly: sm_90a code) prefers its own forward
+      if (cc == 90 && arch_built(90)) return 90;
       return cc >= 80 && arch_built(80) ? 80 : 0;
     case 80:
       return cc >= 80 && arch_built(80) ? 80 : 0;
@@ -56,17 +74,27 @@ int select_arch(int cc, int force_arch) {
 
 int kernel_head_dim(int arch, DType dtype, int h) {
   if (!arch_built(arch)) return 0;
-  if (arch == 80) {
 #define JAX_FLASH_TRY(ENUM, ELEMENT, HDIM) \
   if (dtype == DType::ENUM && h <= HDIM) return HDIM;
+  if (arch == 80) {
     JAX_FLASH_SM80_KERNELS(JAX_FLASH_TRY)
-#undef JAX_FLASH_TRY
   }
+  if (arch == 90) {  // one JAX_FLASH_HEAD_DIMS setting builds both families
+    JAX_FLASH_SM90_FWD_KERNELS(JAX_FLASH_TRY)
+  }
+#undef JAX_FLASH_TRY
   return 0;
 }
 
 cudaError_t dispatch_fwd(const FwdParams& params, int cc, int force_arch, cudaStream_t stream) {
-  if (select_arch(cc, force_arch) == 80) {
+  const int arch = select_arch(cc, force_arch);
+  if (arch == 90) {
+    switch (params.dtype) {
+      case DType::kFloat16: return sm90_fwd<cutlass::half_t>(params, stream);
+      case DType::kBFloat16: return sm90_fwd<cutlass::bfloat16_t>(params, stream);
+    }
+  }
+  if (arch == 80) {
     switch (params.dtype) {
       case DType::kFloat16: return sm80_fwd<cutlass::half_t>(params, stream);
       case DType::kBFloat16: return sm80_fwd<cutlass::bfloat16_t>(params, stream);
@@ -76,7 +104,8 @@ cudaError_t dispatch_fwd(const FwdParams& params, int cc, int force_arch, cudaSt
 }
 
 cudaError_t dispatch_bwd(const BwdParams& params, int cc, int force_arch, cudaStream_t stream) {
-  if (select_arch(cc, force_arch) == 80) {
+  const int arch = select_arch(cc, force_arch);
+  if (arch == 80 || arch == 90) {  // no sm90 backward yet: the sm80 one runs on Hopper
     switch (params.dtype) {
       case DType::kFloat16: return sm80_bwd<cutlass::half_t>(params, stream);
       case DType::kBFloat16: return sm80_bwd<cutlass::bfloat16_t>(params, stream);
@@ -89,6 +118,7 @@ BuildInfo build_info() {
   BuildInfo info;
   info.missing_sources = JAX_FLASH_MISSING_SOURCES;
   if (arch_built(80)) info.archs.push_back(80);
+  if (arch_built(90)) info.archs.push_back(90);
   auto add = [](auto& list, auto value) {
     if (std::find(list.begin(), list.end(), value) == list.end()) list.push_back(value);
   };
