@@ -201,15 +201,15 @@ def test_handler_rejects_what_the_kernels_cannot_run():
 
 @gpu_test
 def test_force_arch():
-  """force_arch=80 runs the portable kernels on any GPU from sm80; 90 needs sm90 kernels,
-  which this build does not have yet, and must fail with a clear message."""
+  """force_arch=80 runs the portable kernels on any GPU from sm80; 90 needs the sm90
+  kernels and a cc 9.0 GPU, and fails with a clear message otherwise."""
   q, k, v, dout, dlse = _inputs(5, jnp.float16, 1, 96, 96, 2, 2, 64)
   cfg = AttnConfig(scale=0.125)
   with _cuda.force_arch(80):
     out, lse = jax.jit(lambda q, k, v: _cuda.fwd(q, k, v, Extras(), cfg))(q, k, v)
   refs = _references(q, k, v, dout, dlse, scale=0.125, window=FULL)
   _check_all((out, lse), refs, jnp.float16, names=("out", "lse"))
-  if 90 not in _cuda._ext.built_archs():
+  if 90 not in _cuda._ext.built_archs() or jax.devices()[0].compute_capability != "9.0":
     with _cuda.force_arch(90), pytest.raises(Exception, match="force_arch=90"):
       jax.block_until_ready(jax.jit(lambda q, k, v: _cuda.fwd(q, k, v, Extras(), cfg))(q, k, v))
   with pytest.raises(ValueError, match="force_arch"):
@@ -382,7 +382,7 @@ CASES = [
     ("bf16", 1, 130, 70, 4, 4, 40, FULL),
     ("bf16", 2, 64, 80, 2, 2, 256, (3, 3)),
     ("fp16", 1, 700, 385, 2, 1, 256, CAUSAL),
-    # Hung on an H100 on 2026-11-21 (the kernels of that day; fwd or bwd not known).
+    # Hung once on an H100 with in-progress kernels (2026-11-21); passes since.
     ("bf16", 1, 385, 700, 2, 2, 256, FULL),
 ]
 
@@ -404,6 +404,29 @@ def test_kernels_match_reference(case):
   assert results[1].shape == (b, n, t)
   refs = _references(q, k, v, dout, dlse, scale=scale, window=window)
   _check_all(results, refs, dtype)
+
+
+# Both forward families on Hopper: the sm90 kernel (the default on cc 9.0) and the portable
+# sm80 one, each against the reference, and the backward run on either forward's outputs.
+BOTH_PATHS_CASES = [CASES[i] for i in (0, 1, 5, 7, 8, 11, 13, 14, 20, 21)]
+
+
+@gpu_test
+@pytest.mark.parametrize("case", BOTH_PATHS_CASES, ids=_case_id)
+def test_sm90_and_sm80_forward_paths(case):
+  if 90 not in _cuda._ext.built_archs() or jax.devices()[0].compute_capability != "9.0":
+    pytest.skip("needs a Hopper GPU (cc 9.0) and a build with the sm90 kernels")
+  dtype_name, b, t, s, n, n_kv, h, window = case
+  dtype = _DTYPES[dtype_name]
+  q, k, v, dout, dlse = _inputs(_seed(*case) + 1, dtype, b, t, s, n, n_kv, h)
+  cfg = AttnConfig(scale=1.0 / math.sqrt(h), window_left=window[0], window_right=window[1])
+  refs = _references(q, k, v, dout, dlse, scale=cfg.scale, window=window)
+  for arch in (90, 80):
+    with _cuda.force_arch(arch):  # traced inside the block: a fresh function each time
+      fwd = jax.jit(lambda q, k, v: _cuda.fwd(q, k, v, Extras(), cfg))
+      out, lse = jax.block_until_ready(fwd(q, k, v))
+    grads = jax.block_until_ready(_kernel_bwd(q, k, v, out, lse, dout, dlse, cfg))
+    _check_all((out, lse) + grads, refs, dtype)
 
 
 # ---- long sequence ---------------------------------------------------------------------
