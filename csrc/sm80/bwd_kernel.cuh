@@ -11,13 +11,15 @@
 // its keys (the band). Per step, with P = exp(scale * S - lse):
 //   S  = Q K^T      dP = dO V^T      dS = P * (dP - delta)
 //   dV += P^T dO    dK += dS^T Q     (registers, summed over the whole group: no atomics)
-//   dQ  = dS K      (float32 atomics into dq_accum)
+//   dQ  = dS K      (added into float32 dq_accum: vector atomics, or on sm90 with kBulkDq
+//                    one TMA reduction per warp tile, staged in shared memory)
 // P and dS go through shared memory so the transposed products can read them with
 // ldmatrix.trans. Every shared tile is stored as rows of 16-byte chunks whose chunk index
 // is XORed with (row % 8): ldmatrix and cp.async then touch 8 distinct chunks per 8 rows,
 // free of bank conflicts.
 #pragma once
 
+#include <cuda.h>  // CUtensorMap
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -62,6 +64,33 @@ __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commi
 __device__ __forceinline__ void cp_async_wait_all() {
   asm volatile("cp.async.wait_group 0;\n" ::: "memory");
 }
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+// sm90 tensor-memory-access reduction: global tile (described by `map`, at coordinates
+// c0..c3, innermost first) += the shared-memory box at `src`, tracked in bulk groups.
+__device__ __forceinline__ void tma_add_4d(const CUtensorMap& map, uint32_t src, int c0, int c1,
+                                           int c2, int c3) {
+  asm volatile(
+      "cp.reduce.async.bulk.tensor.4d.global.shared::cta.add.tile.bulk_group [%0, {%2, %3, %4, %5}], "
+      "[%1];\n" ::"l"(reinterpret_cast<uint64_t>(&map)),
+      "r"(src), "r"(c0), "r"(c1), "r"(c2), "r"(c3)
+      : "memory");
+}
+
+__device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
+
+// All but this thread's newest bulk group have read their shared-memory source.
+__device__ __forceinline__ void bulk_wait_read_all_but_newest() {
+  asm volatile("cp.async.bulk.wait_group.read 1;\n" ::: "memory");
+}
+
+__device__ __forceinline__ void bulk_wait_all() { asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory"); }
+
+// Orders this thread's earlier shared-memory stores before later async-proxy (TMA) reads.
+__device__ __forceinline__ void fence_async_smem() {
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+#endif
 
 __device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], uint32_t addr) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
@@ -240,7 +269,7 @@ __device__ __forceinline__ void load_tile(uint32_t dst, const Element* src, int6
 
 template <typename Element, typename Cfg>
 __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm)
-    bwd_kernel(const __grid_constant__ BwdParams p) {
+    bwd_kernel(const __grid_constant__ BwdParams p, const __grid_constant__ CUtensorMap dq_map) {
   constexpr int kH = Cfg::kHeadDim;
   constexpr int kBr = Cfg::kBlockM;
   constexpr int kBc = Cfg::kBlockN;
@@ -322,9 +351,11 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm)
     }
   };
 
-  // Steps walk the query blocks [m_begin, m_end) of each head of the group in turn.
+  // Steps walk the query blocks [m_begin, m_end) of each head of the group in turn, from
+  // m_first on and wrapping around (m_first = m_begin unless kRotate).
+  const int m_first = Cfg::kRotate && num_m > 0 ? m_begin + n_block % num_m : m_begin;
   int head = kv_head * p.group;
-  int m_blk = m_begin;
+  int m_blk = m_first;
   if (num_steps > 0) load_step(head, m_blk, 0);
   cp_async_commit();
 
@@ -348,11 +379,18 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm)
     const uint32_t sQ = s_base + Cfg::kSmemQ + stage * Cfg::kTileQBytes;
     const uint32_t sDO = s_base + Cfg::kSmemDO + stage * Cfg::kTileQBytes;
     const int m0 = m_blk * kBr;
-    const bool last_block = m_blk + 1 == m_end;
-    int block_x;
-    asm volatile("mov.u32 %0, %%ctaid.x;\n" : "=r"(block_x));
-    const int next_m = last_block ? first_block(block_x * kBc) : m_blk + 1;
-    const int next_head = last_block ? head + 1 : head;
+    int next_m, next_head = head;
+    if constexpr (Cfg::kRotate) {
+      const bool last_of_head = m_blk + 1 == (m_first == m_begin ? m_end : m_first);
+      next_m = last_of_head ? m_first : (m_blk + 1 == m_end ? m_begin : m_blk + 1);
+      next_head += last_of_head;
+    } else {
+      int block_x;
+      asm volatile("mov.u32 %0, %%ctaid.x;\n" : "=r"(block_x));
+      const bool last_block = m_blk + 1 == m_end;
+      next_m = last_block ? first_block(block_x * kBc) : m_blk + 1;
+      next_head += last_block;
+    }
 
     // This step's tiles have landed, and every warp is done with the previous step's
     // P, dS and other stage.
@@ -363,66 +401,64 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm)
       cp_async_commit();
     }
 
-    // S = Q K^T, then P = exp(scale * S - lse) in place, stored to smem before dP = dO V^T
-    // is computed: no branch separates the exponentials from the dP products, so the
-    // scheduler overlaps them.
-    float s[kSdPMT][kSdPNT][4];
-    zero(s);
-    warp_gemm<Element, kSdPMT, kSdPNT, kH, false, kH, false, kH>(s, sQ, sdp_m0, sK, sdp_n0);
-
     // Element masks only where the tile crosses the band's edge or the end of the keys:
     // one bit per accumulator element, all set otherwise. (A select on these bits after
     // the exponential stays correct for any sign of the scale.)
     constexpr int kElems = kSdPMT * kSdPNT * 4;
     uint32_t visible[(kElems + 31) / 32];
+    auto compute_mask = [&]() {
 #pragma unroll
-    for (int w = 0; w < (kElems + 31) / 32; ++w) visible[w] = ~0u;
-    const bool need_mask =
-        n_start + kBc > p.s ||
-        (left_bounded && int64_t{n_start} < int64_t{m0} + kBr - 1 - p.window_left) ||
-        (right_bounded && int64_t{n_start} + kBc - 1 > int64_t{m0} + p.window_right);
-    if (need_mask) {
-      const int lane_now = lane_id();
+      for (int w = 0; w < (kElems + 31) / 32; ++w) visible[w] = ~0u;
+      const bool need_mask =
+          n_start + kBc > p.s ||
+          (left_bounded && int64_t{n_start} < int64_t{m0} + kBr - 1 - p.window_left) ||
+          (right_bounded && int64_t{n_start} + kBc - 1 > int64_t{m0} + p.window_right);
+      if (need_mask) {
+        const int lane_now = lane_id();
 #pragma unroll
-      for (int mt = 0; mt < kSdPMT; ++mt) {
+        for (int mt = 0; mt < kSdPMT; ++mt) {
 #pragma unroll
-        for (int half = 0; half < 2; ++half) {
-          // Visible keys of row i: [lo, hi] (the window clipped to the keys that exist).
-          const int i = m0 + sdp_m0 + mt * 16 + lane_now / 4 + half * 8;
-          const int lo = left_bounded ? i - p.window_left : 0;
-          const int hi = right_bounded ? min(p.s - 1, i + p.window_right) : p.s - 1;
+          for (int half = 0; half < 2; ++half) {
+            // Visible keys of row i: [lo, hi] (the window clipped to the keys that exist).
+            const int i = m0 + sdp_m0 + mt * 16 + lane_now / 4 + half * 8;
+            const int lo = left_bounded ? i - p.window_left : 0;
+            const int hi = right_bounded ? min(p.s - 1, i + p.window_right) : p.s - 1;
 #pragma unroll
-          for (int nt = 0; nt < kSdPNT; ++nt) {
+            for (int nt = 0; nt < kSdPNT; ++nt) {
 #pragma unroll
-            for (int c = 0; c < 2; ++c) {
-              const int j = n_start + sdp_n0 + nt * 8 + 2 * (lane_now % 4) + c;
-              const int bit = (mt * kSdPNT + nt) * 4 + half * 2 + c;
-              if (j < lo || j > hi) visible[bit / 32] &= ~(1u << (bit % 32));
+              for (int c = 0; c < 2; ++c) {
+                const int j = n_start + sdp_n0 + nt * 8 + 2 * (lane_now % 4) + c;
+                const int bit = (mt * kSdPNT + nt) * 4 + half * 2 + c;
+                if (j < lo || j > hi) visible[bit / 32] &= ~(1u << (bit % 32));
+              }
             }
           }
         }
       }
-    }
+    };
 
+    // P = exp(scale * S - lse) in place, masked.
+    auto exponentiate = [&](float (&x)[kSdPMT][kSdPNT][4]) {
 #pragma unroll
-    for (int mt = 0; mt < kSdPMT; ++mt) {
+      for (int mt = 0; mt < kSdPMT; ++mt) {
 #pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        const float lse = sLse[stage * kBr + sdp_m0 + mt * 16 + lane_id() / 4 + half * 8];
-        // A row that sees nothing has lse = -inf; +inf here makes its P exactly 0.
-        const float lse2 = lse == -INFINITY ? INFINITY : lse * kLog2e;
+        for (int half = 0; half < 2; ++half) {
+          const float lse = sLse[stage * kBr + sdp_m0 + mt * 16 + lane_id() / 4 + half * 8];
+          // A row that sees nothing has lse = -inf; +inf here makes its P exactly 0.
+          const float lse2 = lse == -INFINITY ? INFINITY : lse * kLog2e;
 #pragma unroll
-        for (int nt = 0; nt < kSdPNT; ++nt) {
+          for (int nt = 0; nt < kSdPNT; ++nt) {
 #pragma unroll
-          for (int c = 0; c < 2; ++c) {
-            const int bit = (mt * kSdPNT + nt) * 4 + half * 2 + c;
-            float& x = s[mt][nt][half * 2 + c];
-            const float e = exp2f(fmaf(x, p.scale_log2, -lse2));
-            x = (visible[bit / 32] >> (bit % 32)) & 1u ? e : 0.f;
+            for (int c = 0; c < 2; ++c) {
+              const int bit = (mt * kSdPNT + nt) * 4 + half * 2 + c;
+              float& v = x[mt][nt][half * 2 + c];
+              const float e = exp2f(fmaf(v, p.scale_log2, -lse2));
+              v = (visible[bit / 32] >> (bit % 32)) & 1u ? e : 0.f;
+            }
           }
         }
       }
-    }
+    };
 
     // P and dS go to smem as [query][key] tiles. Rows are g (mod 8), so the swizzle key is
     // g; offsets are rebuilt at each use rather than kept live across the loop.
@@ -445,11 +481,29 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm)
         }
       }
     };
-    store_scores(sP, s);
 
+    float s[kSdPMT][kSdPNT][4];
     float dp[kSdPMT][kSdPNT][4];
-    zero(dp);
-    warp_gemm<Element, kSdPMT, kSdPNT, kH, false, kH, false, kH>(dp, sDO, sdp_m0, sV, sdp_n0);
+    if constexpr (Cfg::kLateExp) {
+      // S = Q K^T and dP = dO V^T back to back, then the exponentials: no branch or smem
+      // store separates the SFU work from the dP products.
+      compute_mask();
+      zero(s);
+      warp_gemm<Element, kSdPMT, kSdPNT, kH, false, kH, false, kH>(s, sQ, sdp_m0, sK, sdp_n0);
+      zero(dp);
+      warp_gemm<Element, kSdPMT, kSdPNT, kH, false, kH, false, kH>(dp, sDO, sdp_m0, sV, sdp_n0);
+      exponentiate(s);
+      store_scores(sP, s);
+    } else {
+      // S = Q K^T, then P in place, stored to smem before dP = dO V^T is computed.
+      zero(s);
+      warp_gemm<Element, kSdPMT, kSdPNT, kH, false, kH, false, kH>(s, sQ, sdp_m0, sK, sdp_n0);
+      compute_mask();
+      exponentiate(s);
+      store_scores(sP, s);
+      zero(dp);
+      warp_gemm<Element, kSdPMT, kSdPNT, kH, false, kH, false, kH>(dp, sDO, sdp_m0, sV, sdp_n0);
+    }
 #pragma unroll
     for (int mt = 0; mt < kSdPMT; ++mt) {
 #pragma unroll
@@ -470,7 +524,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm)
 
     // dQ = scale * dS K, added into dq_accum; in kQPasses column slices when a whole
     // warp tile of dQ would not fit in registers beside dK and dV. It runs after dK/dV:
-    // running it first measured 2-3% slower at hdim 64 and 128 (H100).
+    // running it first measured 2-3% slower at hdim 64 and 128 (H100, atomics).
     auto compute_dq = [&]() {
       float* dq_ptr = p.dq_accum + batch * p.dq_batch_stride + head * p.dq_head_stride;
 #pragma unroll 1
@@ -506,6 +560,61 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm)
             }
           }
         };
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+        if constexpr (Cfg::kBulkDq) {
+          // Stage the warp's 32 x 32 tile as the TMA box (rows of 128 bytes, 16-byte chunk
+          // c of row r at c ^ (r % 8): the 128-byte swizzle) and add it to dq_accum with one
+          // reduction; rows past T and columns past h fall outside the map and are dropped.
+          // Store k of a fragment row writes column tile nt = k ^ (g % 4), which puts the 16
+          // lanes of each half-warp on 8 distinct chunks: conflict-free 8-byte stores.
+          static_assert(Cfg::kQTileM == 32 && kPassNT == 4, "the dQ TMA box is 32 x 32");
+          static_assert(Cfg::kQPasses == 1, "the wait below counts one bulk group per step");
+          const int lane_now = lane_id();
+          const int g = lane_now / 4;
+          const int t = lane_now % 4;
+          // Two boxes per warp and pass, alternating by step: the one written now was read by
+          // the reduction of two steps ago, which the wait below covers without waiting for
+          // the last step's (the wait shares its counter with the Q/dO prefetch: a full
+          // wait here stalled on the prefetch issued this step, in ptxas's schedule).
+          const uint32_t box = ((s_base + Cfg::kSmemDq + 1023) & ~1023u) +
+                               ((warp * Cfg::kQPasses + pass) * 2 + (step & 1)) * Cfg::kDqBoxBytes;
+          // The lanes' chunk key: chunk (2 nt + t / 2) ^ g with nt = k ^ (g % 4) is 2k ^ key.
+          const int key = ((2 * (g & 3)) | (t >> 1)) ^ g;
+          if (pass == 0) {
+            bulk_wait_read_all_but_newest();
+            __syncwarp();
+          }
+#pragma unroll
+          for (int mt = 0; mt < kQMT; ++mt) {
+#pragma unroll
+            for (int half = 0; half < 2; ++half) {
+              const uint32_t row = box + (mt * 16 + half * 8 + g) * 128 + (t & 1) * 8;
+#pragma unroll
+              for (int k = 0; k < 4; ++k) {
+                // dq[mt][k ^ (g % 4)], selected bit by bit (registers take no run-time index).
+                float v[2];
+#pragma unroll
+                for (int e = 0; e < 2; ++e) {
+                  const float lo = g & 1 ? dq[mt][k ^ 1][2 * half + e] : dq[mt][k][2 * half + e];
+                  const float hi = g & 1 ? dq[mt][k ^ 3][2 * half + e] : dq[mt][k ^ 2][2 * half + e];
+                  v[e] = (g & 2 ? hi : lo) * p.scale;
+                }
+                asm volatile("st.shared.v2.f32 [%0], {%1, %2};\n" ::"r"(row + (((2 * k) ^ key) << 4)),
+                             "f"(v[0]), "f"(v[1])
+                             : "memory");
+              }
+            }
+          }
+          fence_async_smem();
+          __syncwarp();
+          const int row0 = m0 + q_m0;
+          if (lane_now == 0 && row0 < p.t && pass_n0 < p.h) {
+            tma_add_4d(dq_map, box, pass_n0, head, row0, batch);
+          }
+          bulk_commit();
+          continue;
+        }
+#endif
         if (m0 + kBr <= p.t && p.h == kH) {
           add_dq(std::false_type{});
         } else {
@@ -530,6 +639,10 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm)
     head = next_head;
     m_blk = next_m;
   }
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  // The staged dQ rows must stay in shared memory until their reductions are done.
+  if constexpr (Cfg::kBulkDq) bulk_wait_all();
+#endif
 
   // Epilogue: dK (scaled) and dV, written once in the input dtype.
   const int g = lane_id() / 4;

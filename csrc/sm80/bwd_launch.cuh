@@ -3,9 +3,12 @@
 // instantiates run_bwd<Element, kHeadDim>.
 #pragma once
 
+#include <cuda.h>
+#include <cudaTypedefs.h>  // PFN_cuTensorMapEncodeTiled
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "params.h"
 #include "sm80/bwd_kernel.cuh"
@@ -50,6 +53,68 @@ bool supported(const BwdParams& p) {
   return true;
 }
 
+// cuTensorMapEncodeTiled from the driver, found once through the runtime (no libcuda link).
+inline PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
+  static const PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
+    void* ptr = nullptr;
+    cudaDriverEntryPointQueryResult found;
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &ptr, 12000, cudaEnableDefault,
+                                         &found) != cudaSuccess ||
+        found != cudaDriverEntryPointSuccess) {
+      return PFN_cuTensorMapEncodeTiled_v12000{nullptr};
+    }
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(ptr);
+  }();
+  return fn;
+}
+
+// dq_accum [B, T, N, H] as a 4-D float32 tensor (H, N, T, B innermost first) in 32 x 32
+// boxes (32 columns of one head by 32 rows) with the 128-byte swizzle. False where TMA
+// cannot describe it (alignment, strides) or the driver lacks the encoder.
+inline bool encode_dq_map(const BwdParams& p, CUtensorMap* map) {
+  const PFN_cuTensorMapEncodeTiled_v12000 encode = tensor_map_encoder();
+  if (encode == nullptr || p.t == 0 || !aligned(p.dq_accum, 16) ||
+      !all_multiple_of(4, p.dq_batch_stride, p.dq_row_stride, p.dq_head_stride)) {
+    return false;
+  }
+  const cuuint64_t dims[4] = {cuuint64_t(p.h), cuuint64_t(p.n), cuuint64_t(p.t), cuuint64_t(p.b)};
+  const cuuint64_t strides[3] = {cuuint64_t(p.dq_head_stride) * 4, cuuint64_t(p.dq_row_stride) * 4,
+                                 cuuint64_t(p.dq_batch_stride) * 4};
+  const cuuint32_t box[4] = {32, 1, 32, 1};
+  const cuuint32_t element_strides[4] = {1, 1, 1, 1};
+  return encode(map, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 4, p.dq_accum, dims, strides, box,
+                element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                CU_TENSOR_MAP_L2_PROMOTION_L2_128B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) ==
+         CUDA_SUCCESS;
+}
+
+// Whether the current device can run Cfg (shared memory per CTA, and sm90 for kBulkDq).
+template <typename Cfg>
+bool device_fits() {
+  int device = 0, major = 0, smem = 0;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) !=
+          cudaSuccess) {
+    return false;
+  }
+  return smem >= Cfg::kSmemBytes && (!Cfg::kBulkDq || major >= 9);
+}
+
+// Launches Cfg; dq_map is read only by kBulkDq configs.
+template <typename Element, typename Cfg>
+cudaError_t launch(const BwdParams& params, const CUtensorMap& dq_map, cudaStream_t stream) {
+  const dim3 grid((params.s + Cfg::kBlockN - 1) / Cfg::kBlockN, params.n_kv, params.b);
+  auto* kernel = &bwd_kernel<Element, Cfg>;
+  if constexpr (Cfg::kSmemBytes > 48 * 1024) {
+    const cudaError_t err = cudaFuncSetAttribute(
+        kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmemBytes);
+    if (err != cudaSuccess) return err;
+  }
+  kernel<<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(params, dq_map);
+  return cudaGetLastError();
+}
+
 }  // namespace bwd
 
 // Launches one tile configuration (the tests and tuning call this with other configs).
@@ -57,20 +122,26 @@ template <typename Element, typename Cfg>
 cudaError_t launch_bwd(const BwdParams& params, cudaStream_t stream) {
   if (!bwd::supported<Cfg::kHeadDim>(params)) return cudaErrorInvalidValue;
   if (params.b == 0 || params.s == 0) return cudaSuccess;  // no dK/dV rows, no dQ terms
-  const dim3 grid((params.s + Cfg::kBlockN - 1) / Cfg::kBlockN, params.n_kv, params.b);
-  auto* kernel = &bwd::bwd_kernel<Element, Cfg>;
-  if constexpr (Cfg::kSmemBytes > 48 * 1024) {
-    const cudaError_t err = cudaFuncSetAttribute(
-        kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmemBytes);
-    if (err != cudaSuccess) return err;
+  CUtensorMap dq_map{};
+  if constexpr (Cfg::kBulkDq) {
+    if (params.t > 0 && !bwd::encode_dq_map(params, &dq_map)) return cudaErrorInvalidValue;
   }
-  kernel<<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(params);
-  return cudaGetLastError();
+  return bwd::launch<Element, Cfg>(params, dq_map, stream);
 }
 
+// The Hopper config where the device, the driver and dq_accum's layout allow it; the
+// portable config otherwise (A100's 163 KB per CTA, strides TMA cannot describe).
 template <typename Element, int kHeadDim>
 cudaError_t run_bwd(const BwdParams& params, cudaStream_t stream) {
-  return launch_bwd<Element, typename BwdTraits<kHeadDim>::Config>(params, stream);
+  using Traits = BwdTraits<kHeadDim>;
+  if constexpr (!std::is_same_v<typename Traits::Sm90Config, typename Traits::Config>) {
+    CUtensorMap dq_map{};
+    if (bwd::supported<kHeadDim>(params) && params.b > 0 && params.s > 0 && params.t > 0 &&
+        bwd::device_fits<typename Traits::Sm90Config>() && bwd::encode_dq_map(params, &dq_map)) {
+      return bwd::launch<Element, typename Traits::Sm90Config>(params, dq_map, stream);
+    }
+  }
+  return launch_bwd<Element, typename Traits::Config>(params, stream);
 }
 
 }  // namespace jax_flash::sm80

@@ -13,7 +13,8 @@ namespace jax_flash::sm80 {
 
 template <int kHeadDim_, int kBlockM_, int kBlockN_, int kWarps_, int kSdPWarpsM_,
           int kKVWarpsM_, int kQWarpsM_, bool kDoubleBuffer_, int kQPasses_ = 1,
-          int kCtasPerSm_ = 1>
+          int kCtasPerSm_ = 1, bool kBulkDq_ = false, bool kLateExp_ = false,
+          bool kRotate_ = false>
 struct BwdConfig {
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kBlockM = kBlockM_;  // query rows per step
@@ -35,6 +36,17 @@ struct BwdConfig {
   static constexpr int kQWarpsN = kWarps / kQWarpsM;
   // dQ is computed in this many column slices (fewer live registers, more A reloads).
   static constexpr int kQPasses = kQPasses_;
+  // sm90 and newer: each warp stages its 32 x 32 dQ tile in shared memory and adds it to
+  // dq_accum with one TMA reduction (cp.reduce.async.bulk.tensor) instead of 16 vector
+  // atomics per thread. Needs the extra shared memory below (Hopper: 227 KB per CTA) and a
+  // tensor map of dq_accum; compiled for older architectures it falls back to the atomics.
+  static constexpr bool kBulkDq = kBulkDq_;
+  // The exponentials of P run after the dP product is issued (both in one basic block), so
+  // the scheduler can interleave the SFU work with the tensor-core work of the same warp.
+  static constexpr bool kLateExp = kLateExp_;
+  // Each CTA starts its walk over the query blocks at a different block (rotating by its
+  // key-block index), so concurrent CTAs add into different dQ rows.
+  static constexpr bool kRotate = kRotate_;
 
   // Warp tiles.
   static constexpr int kSdPTileM = kBlockM / kSdPWarpsM;
@@ -65,38 +77,56 @@ struct BwdConfig {
   static constexpr int kSmemDS = kSmemP + kTilePBytes;
   static constexpr int kSmemLse = kSmemDS + kTilePBytes;
   static constexpr int kSmemDelta = kSmemLse + kStages * kBlockM * 4;
-  static constexpr int kSmemBytes = kSmemDelta + kStages * kBlockM * 4;
+  // dQ staging for the bulk reduction: two 32 x 32 float boxes per warp and dQ pass (used
+  // by alternate steps), at a 1024-byte boundary (the 128-byte TMA swizzle repeats every 8
+  // rows of 128 bytes; the slack covers a base that is not so aligned).
+  static constexpr int kDqBoxBytes = 32 * 32 * 4;
+  static constexpr int kSmemDq = kSmemDelta + kStages * kBlockM * 4;
+  static constexpr int kSmemBytes =
+      kSmemDq + (kBulkDq ? 1024 + 2 * kWarps * kQPasses * kDqBoxBytes : 0);
 };
 
-// Defaults. All fit the 163 KB an sm80 CTA may use, so one build runs on A100 and H100.
-// Measured on an H100 SXM (bf16, 16k tokens, hidden 2048, kernel alone, TFLOP/s at
-// seqlen 2k / 16k, non-causal; same run: cuDNN 459 / 526 and FA2 264 / 314 at hdim 128,
-// cuDNN 391 / 450 and FA2 245 / 277 at hdim 64).
+// Defaults. `Config` fits the 163 KB an sm80 CTA may use, so one build runs on A100 and H100;
+// `Sm90Config` is what run_bwd launches where the device has 227 KB per CTA, sm90 and TMA
+// (the Hopper SASS of these kernels), else `Config`.
+// Measured on an H100 SXM (bf16, 16k tokens, hidden 2048, kernel alone, median of 5 x 10,
+// TFLOP/s at seqlen 2k / 8k / 16k, non-causal then causal; tests/cuda/bwd_e2e.sh, one run
+// 2026-11-21). Variant legend: T = kBulkDq (TMA dQ), L = kLateExp, R = kRotate.
 template <int kHeadDim>
 struct BwdTraits;
 
-// hdim 64: 128 x 128 tiles, 162 KB smem: 250 / 260. Br = 64 (97 KB) ran 216 / 231, and
-// 64 x 64 tiles of 4 warps at 2 CTAs per SM 212 / 228. At 255 registers ptxas spills 8 bytes
-// here (reloaded twice per step, in the copy set-up and the masked-tile path); kept, as the
-// spill-free Br = 64 is 11% slower.
+// hdim 64: 128 x 128 tiles, 162 KB smem (Sm90Config 227 KB).
+//   none  246 / 257 / 258,  221 / 248 / 257      T    245 / 260 / 261,  224 / 249 / 262
+//   L     253 / 266 / 265,  227 / 253 / 266      TL   264 / 275 / 275,  235 / 264 / 276
+//   TLR   266 / 278 / 277,  237 / 264 / 278      R alone 0.9% slower than none.
+// Earlier: Br = 64 (97 KB) ran 216 / 231 at 2k / 16k, and 64 x 64 tiles of 4 warps at 2 CTAs
+// per SM 212 / 228. ptxas: Config 0 spills for sm_80, 8 bytes for sm_90; Sm90Config none.
 template <>
 struct BwdTraits<64> {
-  using Config = BwdConfig<64, 128, 128, 8, 2, 4, 4, true>;
+  using Config = BwdConfig<64, 128, 128, 8, 2, 4, 4, true, 1, 1, false, true>;
+  using Sm90Config = BwdConfig<64, 128, 128, 8, 2, 4, 4, true, 1, 1, true, true, true>;
 };
 
-// hdim 128: 64 queries x 128 keys, 161 KB smem: 277 / 290 (causal 241 / 291). dK/dV warps
-// split 2 x 4 instead of 4 x 2 measured the same; 64 x 64 tiles of 4 warps at 2 CTAs per
-// SM ran 228 / 238 (twice the dQ atomics and Q/dO reloads per FLOP).
+// hdim 128: 64 queries x 128 keys, 161 KB smem (Sm90Config 226 KB).
+//   none  277 / 290 / 289,  242 / 260 / 291      T    276 / 289 / 289,  242 / 272 / 291
+//   L     284 / 299 / 300,  250 / 267 / 296      TL   285 / 299 / 300,  251 / 279 / 301
+//   TLR   283 / 298 / 300,  249 / 281 / 300 (32 bytes of spills); R alone 0.6% slower.
+// Earlier: dK/dV warps split 2 x 4 instead of 4 x 2 measured the same; 64 x 64 tiles of 4
+// warps at 2 CTAs per SM ran 228 / 238 (twice the dQ atomics and Q/dO reloads per FLOP).
+// ptxas: Config 0 spills for sm_80, 4 bytes for sm_90; Sm90Config none.
 template <>
 struct BwdTraits<128> {
-  using Config = BwdConfig<128, 64, 128, 8, 2, 4, 2, true>;
+  using Config = BwdConfig<128, 64, 128, 8, 2, 4, 2, true, 1, 1, false, true>;
+  using Sm90Config = BwdConfig<128, 64, 128, 8, 2, 4, 2, true, 1, 1, true, true>;
 };
 
 // hdim 256: 64 x 64; Q/dO single-buffered to stay under 163 KB (145 KB); dQ in two
 // passes (dK and dV already hold 128 registers): 205 at 4k, 209 at 16k (cuDNN 359 / 357).
+// The variants above are not measured here.
 template <>
 struct BwdTraits<256> {
   using Config = BwdConfig<256, 64, 64, 8, 4, 2, 2, false, 2>;
+  using Sm90Config = Config;
 };
 
 }  // namespace jax_flash::sm80

@@ -21,6 +21,8 @@
 #include <cstring>
 #include <random>
 #include <string>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "sm80/bwd_launch.cuh"
@@ -30,6 +32,7 @@ using jax_flash::kUnbounded;
 using jax_flash::sm80::BwdConfig;
 using jax_flash::sm80::BwdTraits;
 using jax_flash::sm80::launch_bwd;
+using jax_flash::sm80::run_bwd;
 using bf16 = cutlass::bfloat16_t;
 using fp16 = cutlass::half_t;
 
@@ -220,8 +223,27 @@ struct ErrStat {
 
 static std::mt19937_64 g_rng(20261121);
 
-// Runs one case with config Cfg; returns true on pass.
-template <typename E, typename Cfg>
+// How a check launches the kernel: one tile configuration, or run_bwd's choice for the
+// device (what the JAX extension calls).
+template <typename Cfg>
+struct ByConfig {
+  static constexpr int kHeadDim = Cfg::kHeadDim;
+  template <typename E>
+  static cudaError_t launch(const BwdParams& p, cudaStream_t stream) {
+    return launch_bwd<E, Cfg>(p, stream);
+  }
+};
+template <int H>
+struct ByDispatch {
+  static constexpr int kHeadDim = H;
+  template <typename E>
+  static cudaError_t launch(const BwdParams& p, cudaStream_t stream) {
+    return run_bwd<E, H>(p, stream);
+  }
+};
+
+// Runs one case through launcher L; returns true on pass.
+template <typename E, typename L>
 bool run_case(const Case& c, const char* cfg_name) {
   const int g = c.n / c.n_kv;
   const int row_q = c.n * c.h + c.row_pad;   // q, dO row stride (elements)
@@ -294,7 +316,7 @@ bool run_case(const Case& c, const char* cfg_name) {
     CK(cudaMemset(dq_accum.ptr, 0, n_dq * sizeof(float)));
     CK(cudaMemset(dk.ptr, 0xFF, n_dk * sizeof(E)));  // NaN in fp16 and bf16
     CK(cudaMemset(dv.ptr, 0xFF, n_dk * sizeof(E)));
-    CK((launch_bwd<E, Cfg>(p, 0)));
+    CK((L::template launch<E>(p, 0)));
     CK(cudaDeviceSynchronize());
     got_dq[rep].resize(n_dq);
     CK(cudaMemcpy(got_dq[rep].data(), dq_accum.ptr, n_dq * sizeof(float), cudaMemcpyDeviceToHost));
@@ -360,9 +382,9 @@ bool run_case(const Case& c, const char* cfg_name) {
 
 constexpr int U = kUnbounded;
 
-template <typename E, typename Cfg>
+template <typename E, typename L>
 int run_cases(const char* cfg_name, bool quick) {
-  constexpr int H = Cfg::kHeadDim;
+  constexpr int H = L::kHeadDim;
   const std::vector<Case> cases = {
       {"dense", 2, 256, 256, 2, 2, H, U, U, 0},
       {"gqa causal h<H odd T,S", 1, 200, 333, 4, 2, H - 24, U, 0, 0},
@@ -378,8 +400,10 @@ int run_cases(const char* cfg_name, bool quick) {
   int fails = 0;
   for (size_t x = 0; x < cases.size(); ++x) {
     if (quick && x != 1 && x != 2) continue;
-    fails += !run_case<E, Cfg>(cases[x], cfg_name);
+    fails += !run_case<E, L>(cases[x], cfg_name);
   }
+  std::printf("CHECKCFG %s %s hdim %d: %d failing\n", cfg_name,
+              std::is_same_v<E, bf16> ? "bf16" : "fp16", H, fails);
   return fails;
 }
 
@@ -482,6 +506,42 @@ void time_config(const char* cfg_name, const std::vector<int>& seqlens, bool onc
 // Alternative tile configurations timed beside the defaults.
 using H64_M64 = BwdConfig<64, 64, 128, 8, 2, 4, 2, true>;
 
+// Variants of the defaults (bits: 1 TMA dQ, 2 late exponentials, 4 rotated start).
+template <int H, int kBits>
+using Variant = std::conditional_t<
+    H == 64,
+    BwdConfig<64, 128, 128, 8, 2, 4, 4, true, 1, 1, (kBits & 1) != 0, (kBits & 2) != 0,
+              (kBits & 4) != 0>,
+    BwdConfig<128, 64, 128, 8, 2, 4, 2, true, 1, 1, (kBits & 1) != 0, (kBits & 2) != 0,
+              (kBits & 4) != 0>>;
+
+template <int H, int kBits>
+int check_variant() {
+  char name[32];
+  std::snprintf(name, sizeof name, "h%d var%d", H, kBits);
+  // The TMA paths are new: every case; the others share the checked code: the quick set.
+  return run_cases<bf16, ByConfig<Variant<H, kBits>>>(name, (kBits & 1) == 0);
+}
+
+// One variant (a process each, so that a crash or hang stays with its variant): its checks,
+// then its timings at the given sequence lengths.
+template <int H, int kBits>
+int run_variant(const std::vector<int>& seqlens) {
+  const int fails = check_variant<H, kBits>();
+  char name[32];
+  std::snprintf(name, sizeof name, "h%d var%d", H, kBits);
+  if (fails == 0) time_config<Variant<H, kBits>>(name, seqlens);
+  return fails;
+}
+
+template <int H, int... kBits>
+int run_variant_bits(int bits, const std::vector<int>& seqlens,
+                     std::integer_sequence<int, kBits...>) {
+  int fails = -1;
+  ((bits == kBits ? (fails = run_variant<H, kBits>(seqlens), 0) : 0), ...);
+  return fails;
+}
+
 int main(int argc, char** argv) {
   std::setvbuf(stdout, nullptr, _IOLBF, 0);  // keep lines if the run is cut off
   const std::string mode = argc > 1 ? argv[1] : "all";
@@ -492,27 +552,36 @@ int main(int argc, char** argv) {
   int fails = 0;
   if (mode == "all" || mode == "check" || mode == "quick") {
     const bool quick = mode == "quick";
-    fails += run_cases<bf16, BwdTraits<64>::Config>("default", quick);
-    fails += run_cases<bf16, BwdTraits<128>::Config>("default", quick);
-    fails += run_cases<bf16, BwdTraits<256>::Config>("default", quick);
+    fails += run_cases<bf16, ByDispatch<64>>("dispatch", quick);
+    fails += run_cases<bf16, ByDispatch<128>>("dispatch", quick);
+    fails += run_cases<bf16, ByDispatch<256>>("dispatch", quick);
+    fails += run_cases<bf16, ByConfig<BwdTraits<64>::Config>>("portable", quick);
+    fails += run_cases<bf16, ByConfig<BwdTraits<128>::Config>>("portable", quick);
     if (!quick) {
-      fails += run_cases<fp16, BwdTraits<64>::Config>("default", true);
-      fails += run_cases<fp16, BwdTraits<128>::Config>("default", true);
-      fails += run_cases<fp16, BwdTraits<256>::Config>("default", true);
-      fails += run_cases<bf16, H64_M64>("h64 Br64", true);
+      fails += run_cases<fp16, ByDispatch<64>>("dispatch", true);
+      fails += run_cases<fp16, ByDispatch<128>>("dispatch", true);
+      fails += run_cases<fp16, ByDispatch<256>>("dispatch", true);
+      fails += run_cases<bf16, ByConfig<H64_M64>>("h64 Br64", true);
     }
     std::printf("CHECK %s: %d failing cases\n", fails ? "FAILED" : "passed", fails);
   }
+  if (mode == "variant" && argc == 4) {  // variant HDIM BITS: check, then time if correct
+    const int h = std::atoi(argv[2]), bits = std::atoi(argv[3]);
+    const std::vector<int> seqlens = {2048, 8192, 16384};
+    const auto all = std::make_integer_sequence<int, 8>{};
+    fails = h == 64 ? run_variant_bits<64>(bits, seqlens, all)
+                    : h == 128 ? run_variant_bits<128>(bits, seqlens, all) : -1;
+    if (fails < 0) std::printf("no variant h%d var%d\n", h, bits);
+  }
   if (mode == "all" || mode == "time") {
     const std::vector<int> seqlens = {1024, 2048, 4096, 8192, 16384};
-    time_config<BwdTraits<64>::Config>("h64 default 128x128", seqlens);
-    time_config<H64_M64>("h64 Br64", seqlens);
-    time_config<BwdTraits<128>::Config>("h128 default 64x128", seqlens);
+    time_config<BwdTraits<64>::Sm90Config>("h64 sm90 default", seqlens);
+    time_config<BwdTraits<128>::Sm90Config>("h128 sm90 default", seqlens);
     time_config<BwdTraits<256>::Config>("h256 default 64x64", {1024, 4096, 16384});
   }
   if (mode == "profile") {  // one shape per head dim, for ncu
-    time_config<BwdTraits<128>::Config>("h128 default 64x128", {16384}, true);
-    time_config<BwdTraits<64>::Config>("h64 default 128x128", {16384}, true);
+    time_config<BwdTraits<128>::Sm90Config>("h128 sm90 default", {16384}, true);
+    time_config<BwdTraits<64>::Sm90Config>("h64 sm90 default", {16384}, true);
   }
   return fails ? 1 : 0;
 }
