@@ -4,8 +4,11 @@
 //     -gencode arch=compute_90,code=sm_90 -I csrc -I <cutlass>/include \
 //     tests/cuda/bwd_check.cu -o out/bwd_check
 //   out/bwd_check [check|time|quick]   (default: check then time)
+//   out/bwd_check variant HDIM BITS     one variant of the defaults (BITS: 1 TMA dQ, 2 late
+//                                       exponentials, 4 rotated start): checks, then times
 //
-// check: fresh random inputs per case; a naive float32 GPU reference gives lse, delta and
+// check: run_bwd (what the JAX extension calls) and the portable configs;
+//   fresh random inputs per case; a naive float32 GPU reference gives lse, delta and
 //   dq/dk/dv; a second naive pass rounds every intermediate to the input dtype (what a
 //   plain implementation in that dtype computes). A case passes when, for each gradient,
 //   max|kernel - ref32| <= 2 * max|lowp - ref32| + 1e-5 and nothing is NaN. dK/dV are
