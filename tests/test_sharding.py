@@ -7,27 +7,18 @@ started them first, `test_module_in_subprocess` reruns this module in a fresh pr
 """
 
 import functools
-import os
 import re
-import subprocess
-import sys
 
+import eight_devices  # first: asks for 8 CPU devices before JAX starts
 import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
-try:
-  jax.config.update("jax_num_cpu_devices", 8)
-except RuntimeError:  # backends already started (fewer devices): see test_module_in_subprocess
-  pass
+import jax_flash
 
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-from jax.sharding import AxisType, Mesh, NamedSharding  # noqa: E402
-from jax.sharding import PartitionSpec as P  # noqa: E402
-
-import jax_flash  # noqa: E402
-
-HAVE_8 = jax.default_backend() == "cpu" and jax.device_count() >= 8
 COLLECTIVES = ("all-gather", "all-reduce", "collective-permute", "all-to-all",
                "reduce-scatter")
 TOL = 1e-5
@@ -35,21 +26,11 @@ TOL = 1e-5
 
 @pytest.fixture
 def eight():
-  if not HAVE_8:
-    pytest.skip("JAX started without 8 CPU devices; test_module_in_subprocess runs this")
+  eight_devices.require()
 
 
 def test_module_in_subprocess():
-  if HAVE_8:
-    pytest.skip("8 CPU devices in this process: the tests ran here")
-  assert "JAX_FLASH_TEST_CHILD" not in os.environ, "no 8 CPU devices even in a fresh process"
-  env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_FLASH_TEST_CHILD="1",
-             PYTHONPATH=os.pathsep.join(sys.path))
-  proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                         __file__], env=env, capture_output=True, text=True, timeout=900)
-  assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
-  # Only this test may skip there: everything else must really have run.
-  assert re.search(r"\d+ passed, 1 skipped", proc.stdout), proc.stdout[-2000:]
+  eight_devices.rerun_module(__file__)
 
 
 # -- helpers ----------------------------------------------------------------------------------

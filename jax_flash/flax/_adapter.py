@@ -92,6 +92,16 @@ def dot_product_attention(query, key, value, bias=None, mask=None, broadcast_dro
                    softcap=softcap, implementation=implementation)
 
 
+def default_kv_inputs(inputs_q, inputs_k, inputs_v):
+  """Flax's convention: keys default to the queries, values to the keys."""
+  if inputs_k is None:
+    if inputs_v is not None:
+      raise ValueError("inputs_k must be given when inputs_v is (pass the same array "
+                       "as inputs_k to use it for both)")
+    inputs_k = inputs_q
+  return inputs_k, inputs_k if inputs_v is None else inputs_v
+
+
 def call_attention_fn(fn, query, key, value, flax_kwargs: dict, extras: dict):
   """Call a module's attention_fn the way Flax does, plus jax_flash extras.
 

@@ -26,7 +26,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 from jax import lax
 
-from ._adapter import call_attention_fn, dot_product_attention
+from ._adapter import call_attention_fn, default_kv_inputs, dot_product_attention
 
 
 class MultiHeadDotProductAttention(nn.MultiHeadDotProductAttention):
@@ -52,13 +52,7 @@ class MultiHeadDotProductAttention(nn.MultiHeadDotProductAttention):
     query_seq_lengths, key_value_seq_lengths: int [batch...]; later positions are
     padding.
     """
-    if inputs_k is None:
-      if inputs_v is not None:
-        raise ValueError("inputs_k must be given when inputs_v is (pass the same array "
-                         "as inputs_k to use it for both)")
-      inputs_k = inputs_q
-    if inputs_v is None:
-      inputs_v = inputs_k
+    inputs_k, inputs_v = default_kv_inputs(inputs_q, inputs_k, inputs_v)
     qkv_features = self.qkv_features or inputs_q.shape[-1]
     num_kv_heads = self.num_heads if self.num_kv_heads is None else self.num_kv_heads
     if qkv_features % self.num_heads:

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax import lax
 
-from ._adapter import call_attention_fn, dot_product_attention
+from ._adapter import call_attention_fn, default_kv_inputs, dot_product_attention
 
 # Flax added num_kv_heads (and in_kv_features) to nnx.MultiHeadAttention in 0.11/0.12.
 _FLAX_HAS_GQA = "num_kv_heads" in inspect.signature(nnx.MultiHeadAttention.__init__).parameters
@@ -92,13 +92,7 @@ class MultiHeadAttention(nnx.MultiHeadAttention):
     padding.
     out_sharding, qkv_sharding: as in Flax (versions that have them).
     """
-    if inputs_k is None:
-      if inputs_v is not None:
-        raise ValueError("inputs_k must be given when inputs_v is (pass the same array "
-                         "as inputs_k to use it for both)")
-      inputs_k = inputs_q
-    if inputs_v is None:
-      inputs_v = inputs_k
+    inputs_k, inputs_v = default_kv_inputs(inputs_q, inputs_k, inputs_v)
     if inputs_q.shape[-1] != self.in_features:
       raise ValueError(f"inputs_q has {inputs_q.shape[-1]} features, but the module was "
                        f"built with in_features={self.in_features}")
