@@ -11,12 +11,15 @@ import subprocess
 import sys
 
 import jax
+import numpy as np
 import pytest
 
 try:
   jax.config.update("jax_num_cpu_devices", 8)
 except RuntimeError:  # backends already started with fewer devices: see rerun_module
   pass
+
+TOL = 1e-5  # sharded vs unsharded float32, relative to the largest |value|
 
 HAVE_8 = jax.default_backend() == "cpu" and jax.device_count() >= 8
 
@@ -39,3 +42,20 @@ def rerun_module(test_file: str):
   assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
   # Only the rerun test may skip there: everything else must really have run.
   assert re.search(r"\d+ passed, 1 skipped", proc.stdout), proc.stdout[-2000:]
+
+
+def rel_err(got, want):
+  """max |got - want| / max |want| over finite entries; inf/NaN patterns must agree."""
+  got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+  finite = np.isfinite(want)
+  assert np.array_equal(finite, np.isfinite(got)), "inf/NaN pattern differs"
+  assert np.array_equal(got[~finite], want[~finite]), "-inf/NaN pattern differs"
+  got, want = got[finite], want[finite]
+  return np.abs(got - want).max() / max(np.abs(want).max(), 1e-30)
+
+
+def assert_close(got, want, tol=TOL):
+  """Every leaf of `got` equals `want`'s to `tol` (max error over max |want|)."""
+  for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    assert g.shape == w.shape
+    assert rel_err(g, w) <= tol, rel_err(g, w)

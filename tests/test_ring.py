@@ -13,6 +13,7 @@ import subprocess
 import sys
 
 import eight_devices  # first: asks for 8 CPU devices before JAX starts
+from eight_devices import assert_close
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -24,7 +25,6 @@ import jax_flash
 from jax_flash import ring
 
 RING = 4  # devices on the ring
-TOL = 1e-5
 
 
 @pytest.fixture
@@ -42,20 +42,6 @@ def seq_mesh():
 
 def rand(rng, shape):
   return jnp.asarray(rng.standard_normal(shape), jnp.float32)
-
-
-def rel_err(got, want):
-  got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-  finite = np.isfinite(want)
-  assert np.array_equal(got[~finite], want[~finite]), "-inf/NaN pattern differs"
-  got, want = got[finite], want[finite]
-  return np.abs(got - want).max() / max(np.abs(want).max(), 1e-30)
-
-
-def assert_close(got, want, tol=TOL):
-  for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
-    assert g.shape == w.shape
-    assert rel_err(g, w) <= tol, rel_err(g, w)
 
 
 def inputs(seed, b=2, t=32, s=None, n=4, k=2, h=16, hv=8):

@@ -10,6 +10,7 @@ import functools
 import re
 
 import eight_devices  # first: asks for 8 CPU devices before JAX starts
+from eight_devices import TOL, assert_close, rel_err
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -21,7 +22,6 @@ import jax_flash
 
 COLLECTIVES = ("all-gather", "all-reduce", "collective-permute", "all-to-all",
                "reduce-scatter")
-TOL = 1e-5
 
 
 @pytest.fixture
@@ -48,21 +48,6 @@ def qkv(seed, b=8, t=32, s=None, n=8, k=4, h=16, hv=8):
   rng = np.random.default_rng(seed)
   s = t if s is None else s
   return rand(rng, (b, t, n, h)), rand(rng, (b, s, k, h)), rand(rng, (b, s, k, hv))
-
-
-def rel_err(got, want):
-  got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-  finite = np.isfinite(want)
-  assert np.array_equal(finite, np.isfinite(got)), "inf/NaN pattern differs"
-  assert np.array_equal(got[~finite], want[~finite]), "-inf/NaN pattern differs"
-  got, want = got[finite], want[finite]
-  return np.abs(got - want).max() / max(np.abs(want).max(), 1e-30)
-
-
-def assert_close(got, want, tol=TOL):
-  for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
-    assert g.shape == w.shape
-    assert rel_err(g, w) <= tol, rel_err(g, w)
 
 
 def fwd_bwd(**kw):
