@@ -150,17 +150,17 @@ def fwd_flops(b: int, n: int, t: int, h: int, causal: bool) -> float:
   return 4.0 * b * n * t * t * h / (2 if causal else 1)
 
 
-def time_per_call(fn, args):
+def time_per_call(fn, args, warmup=WARMUP, repeats=REPEATS, calls=CALLS):
   """Median seconds per call (protocol above) and the last call's output."""
-  for _ in range(WARMUP):
+  for _ in range(warmup):
     out = jax.block_until_ready(fn(*args))
   times = []
-  for _ in range(REPEATS):
+  for _ in range(repeats):
     start = time.perf_counter()
-    for _ in range(CALLS):
+    for _ in range(calls):
       out = fn(*args)
     jax.block_until_ready(out)
-    times.append((time.perf_counter() - start) / CALLS)
+    times.append((time.perf_counter() - start) / calls)
   return statistics.median(times), out
 
 

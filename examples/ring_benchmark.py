@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 
 
 def parse_args(argv=None):
@@ -51,23 +49,11 @@ def parse_args(argv=None):
   return args
 
 
-def flops_fwd(b, n, t, h, causal):
-  return 4 * b * n * t * t * h / (2 if causal else 1)
-
-
 def median_seconds(fn, inputs, args):
-  import jax
+  """The BENCHMARKS.md protocol, shared with benchmark.py beside this file."""
+  from benchmark import time_per_call
 
-  for _ in range(args.warmup):
-    jax.block_until_ready(fn(*inputs))
-  times = []
-  for _ in range(args.repeats):
-    start = time.perf_counter()
-    for _ in range(args.calls):
-      result = fn(*inputs)
-    jax.block_until_ready(result)
-    times.append((time.perf_counter() - start) / args.calls)
-  return statistics.median(times)
+  return time_per_call(fn, inputs, args.warmup, args.repeats, args.calls)[0]
 
 
 def main(argv=None) -> int:
@@ -83,6 +69,7 @@ def main(argv=None) -> int:
   from jax.sharding import PartitionSpec as P
 
   import jax_flash
+  from benchmark import fwd_flops
   from jax_flash import ring
 
   impl = args.implementation or ("cuda" if jax.default_backend() == "gpu" else "xla")
@@ -127,7 +114,7 @@ def main(argv=None) -> int:
     q, k, v, dout = inputs(seqlen, seed=0, sharding=sharding)
     t_fwd = median_seconds(fwd, (q, k, v), args)
     t_both = median_seconds(both, (q, k, v, dout), args)
-    f = flops_fwd(args.batch, heads, seqlen, args.head_dim, args.causal) / used
+    f = fwd_flops(args.batch, heads, seqlen, args.head_dim, args.causal) / used
     results.append(dict(
         name=name, seqlen=seqlen, devices=used, fwd_ms=1e3 * t_fwd, fwd_bwd_ms=1e3 * t_both,
         bwd_ms=1e3 * (t_both - t_fwd), tflops_fwd=f / t_fwd / 1e12,
