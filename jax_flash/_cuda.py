@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._config import UNBOUNDED, AttnConfig, Extras
+from ._xla import softmax_delta
 
 try:
   from . import _jax_flash_ext as _ext
@@ -170,13 +171,7 @@ def bwd(q, k, v, extras: Extras, out, lse, dout, dlse, cfg: AttnConfig):
   """
   del extras
   _register()
-  # delta_i = sum_j P_ij dP_ij = rowsum(dO * O); an lse cotangent adds dlse_i * P_ij to
-  # dS_ij, which is the same as subtracting dlse from delta. Elementwise + reduce: exact
-  # float32 (an einsum could lower to a TF32 dot on GPUs).
-  delta = jnp.sum(dout.astype(jnp.float32) * out.astype(jnp.float32), axis=-1)
-  delta = jnp.swapaxes(delta, -1, -2)  # [B,T,N] -> [B,N,T]
-  if dlse is not None:
-    delta = delta - dlse.astype(jnp.float32)
+  delta = softmax_delta(out, dout, dlse)
   out_types = (jax.ShapeDtypeStruct(q.shape, jnp.float32),
                jax.ShapeDtypeStruct(k.shape, k.dtype),
                jax.ShapeDtypeStruct(v.shape, v.dtype))

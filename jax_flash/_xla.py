@@ -213,6 +213,17 @@ def _reduce_to(x, shape):
   return x.sum(axes, keepdims=True) if axes else x
 
 
+def softmax_delta(out, dout, dlse):
+  """delta [B,N,T] float32 for dS = P * (dP - delta), shared by every backward.
+
+  delta_i = sum_j P_ij dP_ij = rowsum(dO * O); an lse cotangent adds dlse_i * P_ij to dS_ij,
+  the same as subtracting dlse from delta. Elementwise product and sum: exact float32 on
+  every backend (a dot could lower to TF32 on GPUs).
+  """
+  delta = jnp.swapaxes(jnp.sum(dout.astype(jnp.float32) * out.astype(jnp.float32), -1), -1, -2)
+  return delta if dlse is None else delta - dlse.astype(jnp.float32)
+
+
 def bwd(q, k, v, extras: Extras, out, lse, dout, dlse, cfg: AttnConfig):
   """Attention backward from the forward's (out, lse) and cotangents (dout, dlse).
 
@@ -222,11 +233,7 @@ def bwd(q, k, v, extras: Extras, out, lse, dout, dlse, cfg: AttnConfig):
   b, t, s, n, n_kv, h, hv = pb.shape
   blk, g = pb.blk, n // n_kv
 
-  # delta_i = sum_j P_ij dP_ij = rowsum(dO * O); an lse cotangent adds P * dlse to dS.
-  delta = jnp.einsum("btnh,btnh->bnt", dout.astype(jnp.float32), out.astype(jnp.float32),
-                     precision=_HIGHEST)
-  if dlse is not None:
-    delta = delta - dlse
+  delta = softmax_delta(out, dout, dlse)
   grouped = lambda x: _pad_axis(x.reshape(b, n_kv, g, t), 3, blk.tp)
   lse_g, delta_g = grouped(lse), grouped(delta)
   do = _pad_axis(dout.reshape(b, t, n_kv, g, hv).transpose(0, 2, 3, 1, 4), 3, blk.tp)
