@@ -21,6 +21,33 @@ enum class DType : int32_t { kFloat16 = 0, kBFloat16 = 1 };
 // kUnbounded on either side means no limit on that side.
 inline constexpr int32_t kUnbounded = 1 << 30;
 
+// Segment ids are summarized per chunk of kSegmentChunk rows (keys) as the (min, max) id of
+// the chunk, computed by XLA before the call (jax_flash/_cuda.py): a kernel tests whether a
+// (query tile, key tile) pair can hold a matching pair from a few loads, and skips it if not.
+// Every kernel tile edge is a multiple of 16.
+inline constexpr int kSegmentChunk = 16;
+
+// The optional inputs of jax_flash._config.Extras and softcap; nullptr / 0 where absent.
+// Semantics (the "xla" path's, jax_flash/_xla.py): logit = scale * q.k, then
+// softcap * tanh(logit / softcap), then + bias; a pair is hidden (logit -inf) by the window,
+// by j >= kv_seqlen[b], by i >= q_seqlen[b], by unequal segment ids, or by mask == false.
+struct ExtraParams {
+  const int32_t* q_seqlen;          // [B]
+  const int32_t* kv_seqlen;         // [B]
+  const int32_t* q_segment_ids;     // [B, T]  (both segment arrays or neither)
+  const int32_t* kv_segment_ids;    // [B, S]
+  const int32_t* q_segment_range;   // [B, q_chunks, 2] (min, max) id of each chunk
+  const int32_t* kv_segment_range;  // [B, kv_chunks, 2]
+  int32_t q_chunks, kv_chunks;      // ceil(T / kSegmentChunk), ceil(S / kSegmentChunk)
+  const float* bias;                // [B|1, N|1, T|1, S|1] float32
+  const uint8_t* mask;              // [B|1, N|1, T|1, S|1] bool (1 byte), false hides
+  int64_t bias_stride[4];           // b, n, t, s strides in elements; 0 on broadcast dims
+  int64_t mask_stride[4];
+  float softcap;                    // 0 = off
+  // Any of bias, mask, softcap: every tile needs the per-element path, not just edge tiles.
+  bool per_element;
+};
+
 struct AttnParams {
   const void* q;  // [B, T, N, H]
   const void* k;  // [B, S, K, H]
@@ -39,13 +66,15 @@ struct AttnParams {
   int32_t window_right;  // kUnbounded or >= 0; 0 when causal
   bool is_causal;        // window_right == 0 and window_left == kUnbounded
 
+  ExtraParams extra;
+
   DType dtype;
   int32_t num_sms;  // multiprocessors of the device (persistent schedulers)
 };
 
 struct FwdParams : AttnParams {
   void* o;     // [B, T, N, Hv], dtype of q
-  float* lse;  // [B, N, T], natural log of sum(exp(scale * q.k)); -inf for empty rows
+  float* lse;  // [B, N, T], natural log of sum(exp(logit)) over visible keys; -inf for empty rows
   int64_t o_batch_stride, o_row_stride, o_head_stride;
 };
 
@@ -56,6 +85,8 @@ struct BwdParams : AttnParams {
   float* dq_accum;     // [B, T, N, H] float32, zeroed by the handler, accumulated atomically
   void* dk;            // [B, S, K, H], dtype of k, summed over the G query heads of a group
   void* dv;            // [B, S, K, Hv]
+  float* dbias;        // bias's shape, float32, zeroed by the handler, accumulated atomically
+                       // (broadcast dims sum); nullptr when there is no bias
   int64_t do_batch_stride, do_row_stride, do_head_stride;
   int64_t dq_batch_stride, dq_row_stride, dq_head_stride;
   int64_t dk_batch_stride, dk_row_stride, dk_head_stride;

@@ -1,5 +1,8 @@
-// Visibility of keys from queries: the sliding-window rule of params.h, as index arithmetic
-// that forward and backward kernels share (block bounds and per-element masks).
+// Visibility of keys from queries, shared by forward and backward kernels:
+//  * Window: the sliding-window rule of params.h as index arithmetic (block bounds and
+//    per-element masks);
+//  * Extras: lengths, segment ids, bias, dense mask and softcap (params.h ExtraParams) for
+//    one (batch row, query head): tile skipping and the per-element path.
 //
 // Key j is visible from query i iff  i - left <= j <= i + right  and  0 <= j < S.
 // left/right are kUnbounded (1 << 30) or >= 0; causal is right == 0.
@@ -7,7 +10,10 @@
 // sums like i + right are never formed when they could pass S.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
+
+#include "params.h"
 
 #if defined(__CUDACC__)
 #define JF_HOST_DEVICE __host__ __device__ __forceinline__
@@ -59,5 +65,99 @@ struct Window {
     return Range{max_(lo, 0), min_(hi, t)};
   }
 };
+
+#if defined(__CUDACC__)
+// The extras of one (batch row b, query head) as a kernel consumes them. Three layers:
+//   1. lengths shrink the problem: rows >= valid_rows and keys >= valid_keys see nothing, so
+//      kernels pass valid_keys where they passed S to Window, and treat a tile holding rows
+//      >= valid_rows as an edge tile (those rows end with O = 0, lse = -inf);
+//   2. segments skip whole tiles (spans_meet) and drop the element test on tiles that hold
+//      one shared id (spans_all_match), from the per-chunk (min, max) ids;
+//   3. per_element (bias, mask, softcap): every tile runs the element path.
+// A tile needs the element path iff  per_element() || it crosses a window edge, valid_keys
+// or valid_rows || (has_segments() && !spans_all_match(...)). On that path, visible() says
+// whether a pair is seen at all and logit() transforms the scores of seen pairs.
+struct Extras {
+  const ExtraParams* e;
+  int b, head;
+  int t, s;        // T and S (row lengths of the segment id arrays)
+  int valid_rows;  // min(T, max(q_seqlen[b], 0)), or T
+  int valid_keys;  // min(S, max(kv_seqlen[b], 0)), or S
+
+  __device__ __forceinline__ Extras(const AttnParams& p, int b_, int head_)
+      : e(&p.extra), b(b_), head(head_), t(p.t), s(p.s), valid_rows(p.t), valid_keys(p.s) {
+    if (e->q_seqlen) valid_rows = Window::min_(p.t, Window::max_(e->q_seqlen[b], 0));
+    if (e->kv_seqlen) valid_keys = Window::min_(p.s, Window::max_(e->kv_seqlen[b], 0));
+  }
+
+  __device__ __forceinline__ bool has_segments() const { return e->q_segment_ids != nullptr; }
+  __device__ __forceinline__ bool per_element() const { return e->per_element; }
+  // With bias or softcap the element path turns scores into natural-unit logits (logit()),
+  // so such a call runs its whole softmax with scale 1 (log2(e) in exp2 units).
+  __device__ __forceinline__ bool transforms() const {
+    return e->bias != nullptr || e->softcap != 0.f;
+  }
+
+  // (min, max) segment id over rows [lo, hi) / keys [lo, hi) (non-empty), from the chunks.
+  __device__ __forceinline__ int2 row_span(int lo, int hi) const {
+    return span(e->q_segment_range, e->q_chunks, lo, hi);
+  }
+  __device__ __forceinline__ int2 key_span(int lo, int hi) const {
+    return span(e->kv_segment_range, e->kv_chunks, lo, hi);
+  }
+  // False only when no row of `rows` can share an id with a key of `keys`: skip the tile.
+  __device__ __forceinline__ static bool spans_meet(int2 rows, int2 keys) {
+    return rows.y >= keys.x && keys.y >= rows.x;
+  }
+  // Every pair matches: one id on both sides.
+  __device__ __forceinline__ static bool spans_all_match(int2 rows, int2 keys) {
+    return rows.x == rows.y && keys.x == keys.y && rows.x == keys.x;
+  }
+
+  // Is key j seen from row i (absolute indices)? Every rule: lengths, window, segments, mask.
+  __device__ __forceinline__ bool visible(const Window& window, int i, int j) const {
+    if (i >= valid_rows || j >= valid_keys) return false;
+    const Range keys = window.keys_of_row(i, valid_keys);
+    if (j < keys.lo || j >= keys.hi) return false;
+    if (has_segments() &&
+        e->q_segment_ids[int64_t(b) * t + i] != e->kv_segment_ids[int64_t(b) * s + j]) {
+      return false;
+    }
+    return e->mask == nullptr || e->mask[pair_offset(e->mask_stride, i, j)] != 0;
+  }
+
+  // Natural-unit logit of a seen pair from scaled = scale * q.k: softcap, then bias.
+  // tanh_out = tanh(scaled / softcap) (0 without softcap), for the backward's
+  // d logit / d scaled = 1 - tanh_out^2.
+  __device__ __forceinline__ float logit(float scaled, int i, int j, float& tanh_out) const {
+    tanh_out = 0.f;
+    float x = scaled;
+    if (e->softcap != 0.f) {
+      tanh_out = tanhf(scaled / e->softcap);
+      x = e->softcap * tanh_out;
+    }
+    if (e->bias) x += e->bias[pair_offset(e->bias_stride, i, j)];
+    return x;
+  }
+
+  // Offset of (b, head, i, j) in a broadcastable [B|1, N|1, T|1, S|1] array (bias, mask;
+  // dbias has bias's strides).
+  __device__ __forceinline__ int64_t pair_offset(const int64_t (&st)[4], int i, int j) const {
+    return b * st[0] + head * st[1] + i * st[2] + j * st[3];
+  }
+
+ private:
+  __device__ __forceinline__ int2 span(const int32_t* range, int chunks, int lo, int hi) const {
+    const int2* r = reinterpret_cast<const int2*>(range) + int64_t(b) * chunks;
+    int2 out = r[lo / kSegmentChunk];
+    for (int c = lo / kSegmentChunk + 1; c <= (hi - 1) / kSegmentChunk; ++c) {
+      const int2 x = r[c];
+      out.x = Window::min_(out.x, x.x);
+      out.y = Window::max_(out.y, x.y);
+    }
+    return out;
+  }
+};
+#endif  // __CUDACC__
 
 }  // namespace jax_flash
