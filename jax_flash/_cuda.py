@@ -5,6 +5,10 @@ build without nvcc: then `kernels_available()` says so and nothing here is calle
 registers its handlers as the CUDA custom-call targets "jax_flash_fwd" / "jax_flash_bwd",
 and wraps them with `jax.ffi.ffi_call`. Shapes (see csrc/params.h):
 q [B,T,N,H], k [B,S,K,H], v [B,S,K,Hv], out [B,T,N,Hv], lse [B,N,T] float32.
+
+The extras (bias, mask, lengths, segment ids) follow q, k, v as further operands in a fixed
+order, named by the "extras" bit set (csrc/ffi/handlers.cc ExtraBit); segment ids travel with
+their per-chunk (min, max) summaries, which the kernels use to skip tiles that cannot match.
 """
 
 from __future__ import annotations
@@ -93,12 +97,9 @@ def unsupported_reason(q, k, v, extras: Extras, cfg: AttnConfig) -> str | None:
   """None if the kernels implement this call, else a short reason (for routing/errors).
 
   q, k, v are 4-D arrays or ShapeDtypeStructs: [B,T,N,H], [B,S,K,H], [B,S,K,Hv].
+  Every extra and softcap is in the kernels; only dtypes and head dims limit them.
   """
-  features = extras.features()
-  if features:
-    return f"{', '.join(features)}: not in the kernels yet (issue 5)"
-  if cfg.softcap is not None:
-    return "softcap: not in the kernels yet"
+  del extras, cfg
   dtypes = {np.dtype(x.dtype) for x in (q, k, v)}
   if len(dtypes) > 1:
     return f"mixed dtypes q {q.dtype}, k {k.dtype}, v {v.dtype}"
@@ -145,36 +146,76 @@ def _register():
     _registered = True
 
 
-def _attrs(cfg: AttnConfig) -> dict:
+# The "extras" bits of csrc/ffi/handlers.cc (ExtraBit), in operand order.
+_BIAS, _MASK, _Q_SEQLEN, _KV_SEQLEN, _SEGMENTS = 1, 2, 4, 8, 16
+SEGMENT_CHUNK = 16  # csrc/params.h kSegmentChunk
+
+
+def segment_ranges(ids):
+  """[B, L] int32 segment ids -> [B, ceil(L / 16), 2] (min, max) id of each 16-chunk."""
+  pad = -ids.shape[1] % SEGMENT_CHUNK
+  chunks = jnp.pad(ids, ((0, 0), (0, pad)), mode="edge").reshape(ids.shape[0], -1,
+                                                                 SEGMENT_CHUNK)
+  return jnp.stack([chunks.min(-1), chunks.max(-1)], axis=-1)
+
+
+def _extra_operands(extras: Extras) -> tuple[list, int]:
+  """The extras as FFI operands (handlers.cc order) and their bit set."""
+  operands, bits = [], 0
+  if extras.bias is not None:
+    operands.append(extras.bias.astype(jnp.float32))
+    bits |= _BIAS
+  if extras.mask is not None:
+    operands.append(extras.mask.astype(jnp.bool_))
+    bits |= _MASK
+  for length, bit in ((extras.q_seqlen, _Q_SEQLEN), (extras.kv_seqlen, _KV_SEQLEN)):
+    if length is not None:
+      operands.append(length.astype(jnp.int32))
+      bits |= bit
+  if extras.q_segment_ids is not None:
+    q_ids = extras.q_segment_ids.astype(jnp.int32)
+    kv_ids = extras.kv_segment_ids.astype(jnp.int32)
+    operands += [q_ids, kv_ids, segment_ranges(q_ids), segment_ranges(kv_ids)]
+    bits |= _SEGMENTS
+  return operands, bits
+
+
+def _attrs(cfg: AttnConfig, bits: int) -> dict:
   def side(w):
     return -1 if w == UNBOUNDED else w
   return dict(scale=np.float32(cfg.scale), window_left=np.int32(side(cfg.window_left)),
               window_right=np.int32(side(cfg.window_right)),
+              softcap=np.float32(cfg.softcap or 0.0), extras=np.int32(bits),
               force_arch=np.int32(_force_arch))
 
 
 def fwd(q, k, v, extras: Extras, cfg: AttnConfig):
   """(out [B,T,N,Hv] in q.dtype, lse [B,N,T] float32)."""
-  del extras  # unsupported_reason() routes any extras away from here
   _register()
   b, t, n, _ = q.shape
+  operands, bits = _extra_operands(extras)
   out_types = (jax.ShapeDtypeStruct((b, t, n, v.shape[-1]), q.dtype),
                jax.ShapeDtypeStruct((b, n, t), jnp.float32))
   call = jax.ffi.ffi_call("jax_flash_fwd", out_types, vmap_method="broadcast_all")
-  return call(q, k, v, **_attrs(cfg))
+  return call(q, k, v, *operands, **_attrs(cfg, bits))
 
 
 def bwd(q, k, v, extras: Extras, out, lse, dout, dlse, cfg: AttnConfig):
   """(dq, dk, dv, dbias) from the forward's (out, lse) and the cotangents (dout, dlse).
 
-  dlse is the float32 cotangent of lse [B,N,T] or None; dbias is None (no bias yet).
+  dlse is the float32 cotangent of lse [B,N,T] or None; dbias (bias's shape and dtype) is
+  None without a bias.
   """
-  del extras
   _register()
   delta = softmax_delta(out, dout, dlse)
-  out_types = (jax.ShapeDtypeStruct(q.shape, jnp.float32),
+  operands, bits = _extra_operands(extras)
+  out_types = [jax.ShapeDtypeStruct(q.shape, jnp.float32),
                jax.ShapeDtypeStruct(k.shape, k.dtype),
-               jax.ShapeDtypeStruct(v.shape, v.dtype))
-  call = jax.ffi.ffi_call("jax_flash_bwd", out_types, vmap_method="broadcast_all")
-  dq_accum, dk, dv = call(q, k, v, dout.astype(q.dtype), lse, delta, **_attrs(cfg))
-  return dq_accum.astype(q.dtype), dk, dv, None
+               jax.ShapeDtypeStruct(v.shape, v.dtype)]
+  if extras.bias is not None:
+    out_types.append(jax.ShapeDtypeStruct(extras.bias.shape, jnp.float32))
+  call = jax.ffi.ffi_call("jax_flash_bwd", tuple(out_types), vmap_method="broadcast_all")
+  dq_accum, dk, dv, *dbias = call(q, k, v, dout.astype(q.dtype), lse, delta, *operands,
+                                  **_attrs(cfg, bits))
+  dbias = dbias[0].astype(extras.bias.dtype) if dbias else None
+  return dq_accum.astype(q.dtype), dk, dv, dbias

@@ -173,14 +173,14 @@ def test_handler_rejects_what_the_kernels_cannot_run():
   _cuda._register()
   key = jax.random.key(3)
   attrs = dict(scale=np.float32(0.25), window_left=np.int32(-1), window_right=np.int32(-1),
-               force_arch=np.int32(0))
+               softcap=np.float32(0), extras=np.int32(0), force_arch=np.int32(0))
 
-  def fwd(q, k, v, lse_shape=None, **overrides):
+  def fwd(q, k, v, *extra, lse_shape=None, **overrides):
     b, t, n, h = q.shape
     out_types = (jax.ShapeDtypeStruct((b, t, n, v.shape[-1]), q.dtype),
                  jax.ShapeDtypeStruct(lse_shape or (b, n, t), jnp.float32))
     call = jax.ffi.ffi_call("jax_flash_fwd", out_types)
-    return jax.block_until_ready(call(q, k, v, **{**attrs, **overrides}))
+    return jax.block_until_ready(call(q, k, v, *extra, **{**attrs, **overrides}))
 
   x = jax.random.normal(key, (1, 16, 2, 64), jnp.bfloat16)
   odd = jax.random.normal(key, (1, 16, 2, 12), jnp.bfloat16)
@@ -196,7 +196,20 @@ def test_handler_rejects_what_the_kernels_cannot_run():
     fwd(x, x, x, window_left=np.int32(-5))
   with pytest.raises(Exception, match="force_arch must be"):
     fwd(x, x, x, force_arch=np.int32(75))
-  fwd(x, x, x)  # and the valid call runs
+  # The extras: operands must match the bit set, shapes and dtypes.
+  lengths = jnp.full((1,), 9, jnp.int32)
+  with pytest.raises(Exception, match="names 1 optional inputs, got 0"):
+    fwd(x, x, x, extras=np.int32(4))
+  with pytest.raises(Exception, match="q_seqlen has dtype float32"):
+    fwd(x, x, x, lengths.astype(jnp.float32), extras=np.int32(4))
+  with pytest.raises(Exception, match="bias has shape"):
+    fwd(x, x, x, jnp.zeros((1, 2, 16, 15), jnp.float32), extras=np.int32(1))
+  with pytest.raises(Exception, match="extras must be a bit set"):
+    fwd(x, x, x, extras=np.int32(64))
+  with pytest.raises(Exception, match="softcap must be finite"):
+    fwd(x, x, x, softcap=np.float32(-1))
+  fwd(x, x, x)  # and the valid calls run
+  fwd(x, x, x, jnp.ones((1, 1, 16, 1), jnp.float32), lengths, extras=np.int32(1 | 4))
 
 
 @gpu_test
@@ -469,9 +482,10 @@ def test_unsupported_reasons():
   q, kv = sds((2, 16, 4, 64)), sds((2, 16, 2, 64))
   cfg = AttnConfig(scale=0.125)
   assert _cuda.unsupported_reason(q, kv, kv, Extras(), cfg) is None
-  assert "issue 5" in _cuda.unsupported_reason(q, kv, kv, Extras(bias=q), cfg)
-  assert "softcap" in _cuda.unsupported_reason(
-      q, kv, kv, Extras(), AttnConfig(scale=0.125, softcap=30.0))
+  # Every extra and softcap run in the kernels (tests/test_gpu_extras.py).
+  assert _cuda.unsupported_reason(q, kv, kv, Extras(bias=q, q_seqlen=q), cfg) is None
+  assert _cuda.unsupported_reason(q, kv, kv, Extras(),
+                                  AttnConfig(scale=0.125, softcap=30.0)) is None
   assert "dtype float32" in _cuda.unsupported_reason(
       sds(q.shape, jnp.float32), sds(kv.shape, jnp.float32), sds(kv.shape, jnp.float32),
       Extras(), cfg)

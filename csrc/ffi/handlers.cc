@@ -180,6 +180,116 @@ ffi::Error decode_attn(const char* target, const ffi::AnyBuffer& q, const ffi::A
   return ffi::Error::Success();
 }
 
+// Bits of the "extras" attribute: which optional inputs follow the fixed operands, in this
+// order (jax_flash/_cuda.py builds the same list). Segments are four buffers: the q and kv
+// ids and their per-chunk (min, max) summaries.
+enum ExtraBit : int32_t { kBias = 1, kMask = 2, kQSeqlen = 4, kKvSeqlen = 8, kSegments = 16 };
+constexpr int32_t kAllExtraBits = 31;
+
+// Checks a [L..., B|1, N|1, T|1, S|1] bias or mask against q's leading dims L..., B and
+// returns its element strides over (flattened b, n, t, s); 0 on broadcast dims.
+ffi::Error pairwise_strides(const char* target, const char* name, Dims d, const Shape& lead,
+                            const AttnParams& p, int64_t (&stride)[4]) {
+  const int64_t full[4] = {lead.back(), p.n, p.t, p.s};
+  bool ok = d.size() == lead.size() + 3 &&
+            std::equal(lead.begin(), lead.end() - 1, d.begin());
+  const size_t off = lead.size() - 1;
+  for (int i = 0; ok && i < 4; ++i) ok = d[off + i] == 1 || d[off + i] == full[i];
+  // A batch-broadcast bias under extra leading dims (vmap of an ffi_call) has no single
+  // batch stride; jax_flash's own vmap rule folds vmap into B before reaching here.
+  if (ok && d[off] == 1 && p.b != lead.back()) ok = false;
+  if (!ok) {
+    return invalid(target, std::string(name) + " has shape " + to_string(d) +
+                               ", expected [..., B|1, N|1, T|1, S|1] with B, N, T, S = " +
+                               std::to_string(full[0]) + ", " + std::to_string(p.n) + ", " +
+                               std::to_string(p.t) + ", " + std::to_string(p.s));
+  }
+  int64_t step = 1;
+  for (int i = 3; i >= 0; --i) {
+    stride[i] = d[off + i] == 1 ? 0 : step;
+    step *= d[off + i];
+  }
+  return ffi::Error::Success();
+}
+
+// Decodes the optional inputs named by `bits` from `args` (in ExtraBit order) into p.extra.
+ffi::Error decode_extras(const char* target, const ffi::RemainingArgs& args, int32_t bits,
+                         float softcap, const Shape& lead, AttnParams& p) {
+  if (bits < 0 || bits > kAllExtraBits) {
+    return invalid(target, "extras must be a bit set in [0, 31], got " + std::to_string(bits));
+  }
+  if (!(softcap >= 0.f) || !std::isfinite(softcap)) {
+    return invalid(target, "softcap must be finite and >= 0 (0 = off), got " +
+                               std::to_string(softcap));
+  }
+  const size_t expected = ((bits & kBias) != 0) + ((bits & kMask) != 0) +
+                          ((bits & kQSeqlen) != 0) + ((bits & kKvSeqlen) != 0) +
+                          4 * ((bits & kSegments) != 0);
+  if (args.size() != expected) {
+    return invalid(target, "extras=" + std::to_string(bits) + " names " +
+                               std::to_string(expected) + " optional inputs, got " +
+                               std::to_string(args.size()));
+  }
+  ExtraParams& x = p.extra;
+  size_t next = 0;
+  // The next optional input, checked for dtype and (unless `shape` is empty) shape.
+  auto take = [&](const char* name, ffi::DataType dtype, const Shape& shape,
+                  ffi::AnyBuffer& out) -> ffi::Error {
+    auto buf = args.get<ffi::AnyBuffer>(next++);
+    if (!buf.has_value()) return invalid(target, std::string(name) + ": not a buffer");
+    out = *buf;
+    if (auto e = expect_dtype(target, name, out.element_type(), dtype); e.failure()) return e;
+    if (shape.empty()) return ffi::Error::Success();
+    return expect_shape(target, name, out.dimensions(), shape);
+  };
+  ffi::AnyBuffer buf(static_cast<const XLA_FFI_Buffer*>(nullptr));  // set by take()
+  if (bits & kBias) {
+    if (auto e = take("bias", ffi::DataType::F32, {}, buf); e.failure()) return e;
+    if (auto e = pairwise_strides(target, "bias", buf.dimensions(), lead, p, x.bias_stride);
+        e.failure()) {
+      return e;
+    }
+    x.bias = static_cast<const float*>(buf.untyped_data());
+  }
+  if (bits & kMask) {
+    if (auto e = take("mask", ffi::DataType::PRED, {}, buf); e.failure()) return e;
+    if (auto e = pairwise_strides(target, "mask", buf.dimensions(), lead, p, x.mask_stride);
+        e.failure()) {
+      return e;
+    }
+    x.mask = static_cast<const uint8_t*>(buf.untyped_data());
+  }
+  if (bits & kQSeqlen) {
+    if (auto e = take("q_seqlen", ffi::DataType::S32, lead, buf); e.failure()) return e;
+    x.q_seqlen = static_cast<const int32_t*>(buf.untyped_data());
+  }
+  if (bits & kKvSeqlen) {
+    if (auto e = take("kv_seqlen", ffi::DataType::S32, lead, buf); e.failure()) return e;
+    x.kv_seqlen = static_cast<const int32_t*>(buf.untyped_data());
+  }
+  if (bits & kSegments) {
+    x.q_chunks = (p.t + kSegmentChunk - 1) / kSegmentChunk;
+    x.kv_chunks = (p.s + kSegmentChunk - 1) / kSegmentChunk;
+    const ffi::DataType s32 = ffi::DataType::S32;
+    if (auto e = take("q_segment_ids", s32, concat(lead, {p.t}), buf); e.failure()) return e;
+    x.q_segment_ids = static_cast<const int32_t*>(buf.untyped_data());
+    if (auto e = take("kv_segment_ids", s32, concat(lead, {p.s}), buf); e.failure()) return e;
+    x.kv_segment_ids = static_cast<const int32_t*>(buf.untyped_data());
+    if (auto e = take("q_segment_range", s32, concat(lead, {x.q_chunks, 2}), buf); e.failure()) {
+      return e;
+    }
+    x.q_segment_range = static_cast<const int32_t*>(buf.untyped_data());
+    if (auto e = take("kv_segment_range", s32, concat(lead, {x.kv_chunks, 2}), buf);
+        e.failure()) {
+      return e;
+    }
+    x.kv_segment_range = static_cast<const int32_t*>(buf.untyped_data());
+  }
+  x.softcap = softcap;
+  x.per_element = x.bias != nullptr || x.mask != nullptr || softcap != 0.f;
+  return ffi::Error::Success();
+}
+
 struct DeviceInfo {
   int cc = 0;  // major * 10 + minor
   int num_sms = 0;
@@ -245,14 +355,18 @@ ffi::Error check_kernel(const char* target, const DeviceInfo& info, int32_t forc
 }
 
 ffi::Error FwdImpl(cudaStream_t stream, int32_t device, ffi::AnyBuffer q, ffi::AnyBuffer k,
-                   ffi::AnyBuffer v, ffi::Result<ffi::AnyBuffer> o,
-                   ffi::Result<ffi::Buffer<ffi::F32>> lse, float scale, int32_t window_left,
-                   int32_t window_right, int32_t force_arch) {
+                   ffi::AnyBuffer v, ffi::RemainingArgs extra_args,
+                   ffi::Result<ffi::AnyBuffer> o, ffi::Result<ffi::Buffer<ffi::F32>> lse,
+                   float scale, int32_t window_left, int32_t window_right, float softcap,
+                   int32_t extras, int32_t force_arch) {
   constexpr const char* kTarget = "jax_flash_fwd";
   FwdParams p{};
   Shape lead;
   if (auto e = decode_attn(kTarget, q, k, v, scale, window_left, window_right, p, lead);
       e.failure()) {
+    return e;
+  }
+  if (auto e = decode_extras(kTarget, extra_args, extras, softcap, lead, p); e.failure()) {
     return e;
   }
   if (auto e = expect_shape(kTarget, "o", o->dimensions(), concat(lead, {p.t, p.n, p.hv}));
@@ -284,15 +398,42 @@ ffi::Error FwdImpl(cudaStream_t stream, int32_t device, ffi::AnyBuffer q, ffi::A
 
 ffi::Error BwdImpl(cudaStream_t stream, int32_t device, ffi::AnyBuffer q, ffi::AnyBuffer k,
                    ffi::AnyBuffer v, ffi::AnyBuffer dout, ffi::Buffer<ffi::F32> lse,
-                   ffi::Buffer<ffi::F32> delta, ffi::Result<ffi::Buffer<ffi::F32>> dq_accum,
-                   ffi::Result<ffi::AnyBuffer> dk, ffi::Result<ffi::AnyBuffer> dv, float scale,
-                   int32_t window_left, int32_t window_right, int32_t force_arch) {
+                   ffi::Buffer<ffi::F32> delta, ffi::RemainingArgs extra_args,
+                   ffi::Result<ffi::Buffer<ffi::F32>> dq_accum, ffi::Result<ffi::AnyBuffer> dk,
+                   ffi::Result<ffi::AnyBuffer> dv, ffi::RemainingRets extra_rets, float scale,
+                   int32_t window_left, int32_t window_right, float softcap, int32_t extras,
+                   int32_t force_arch) {
   constexpr const char* kTarget = "jax_flash_bwd";
   BwdParams p{};
   Shape lead;
   if (auto e = decode_attn(kTarget, q, k, v, scale, window_left, window_right, p, lead);
       e.failure()) {
     return e;
+  }
+  if (auto e = decode_extras(kTarget, extra_args, extras, softcap, lead, p); e.failure()) {
+    return e;
+  }
+  // dbias: one float32 result shaped like bias, exactly when there is a bias.
+  size_t dbias_bytes = 0;
+  if (extra_rets.size() != (p.extra.bias ? 1u : 0u)) {
+    return invalid(kTarget, "expected " + std::to_string(p.extra.bias ? 1 : 0) +
+                                " dbias result(s), got " + std::to_string(extra_rets.size()));
+  }
+  if (p.extra.bias) {
+    auto dbias = extra_rets.get<ffi::AnyBuffer>(0);
+    if (!dbias.has_value()) return invalid(kTarget, "dbias: not a buffer");
+    if (auto e = expect_dtype(kTarget, "dbias", (*dbias)->element_type(), ffi::DataType::F32);
+        e.failure()) {
+      return e;
+    }
+    auto bias = extra_args.get<ffi::AnyBuffer>(0);  // bias is always the first extra
+    if (auto e = expect_shape(kTarget, "dbias", (*dbias)->dimensions(),
+                              Shape(bias->dimensions().begin(), bias->dimensions().end()));
+        e.failure()) {
+      return e;
+    }
+    p.dbias = static_cast<float*>((*dbias)->untyped_data());
+    dbias_bytes = (*dbias)->size_bytes();
   }
   const Shape o_shape = concat(lead, {p.t, p.n, p.hv});
   const Shape row_shape = concat(lead, {p.n, p.t});
@@ -351,6 +492,11 @@ ffi::Error BwdImpl(cudaStream_t stream, int32_t device, ffi::AnyBuffer q, ffi::A
       st != cudaSuccess) {
     return cuda_error(kTarget, "zeroing dq_accum", st);
   }
+  if (dbias_bytes != 0) {
+    if (cudaError_t st = cudaMemsetAsync(p.dbias, 0, dbias_bytes, stream); st != cudaSuccess) {
+      return cuda_error(kTarget, "zeroing dbias", st);
+    }
+  }
   if (cudaError_t st = dispatch_bwd(p, info.cc, force_arch, stream); st != cudaSuccess) {
     return cuda_error(kTarget, "the backward kernel", st);
   }
@@ -369,11 +515,14 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxFlashFwd, jax_flash::FwdImpl,
                                   .Arg<ffi::AnyBuffer>()               // q   [L..., T, N, H]
                                   .Arg<ffi::AnyBuffer>()               // k   [L..., S, K, H]
                                   .Arg<ffi::AnyBuffer>()               // v   [L..., S, K, Hv]
+                                  .RemainingArgs()                     // extras (ExtraBit order)
                                   .Ret<ffi::AnyBuffer>()               // o   [L..., T, N, Hv]
                                   .Ret<ffi::Buffer<ffi::F32>>()        // lse [L..., N, T]
                                   .Attr<float>("scale")
                                   .Attr<int32_t>("window_left")
                                   .Attr<int32_t>("window_right")
+                                  .Attr<float>("softcap")
+                                  .Attr<int32_t>("extras")
                                   .Attr<int32_t>("force_arch"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxFlashBwd, jax_flash::BwdImpl,
@@ -386,10 +535,14 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxFlashBwd, jax_flash::BwdImpl,
                                   .Arg<ffi::AnyBuffer>()               // dout  [L..., T, N, Hv]
                                   .Arg<ffi::Buffer<ffi::F32>>()        // lse   [L..., N, T]
                                   .Arg<ffi::Buffer<ffi::F32>>()        // delta [L..., N, T]
+                                  .RemainingArgs()                     // extras (ExtraBit order)
                                   .Ret<ffi::Buffer<ffi::F32>>()        // dq_accum [L..., T, N, H]
                                   .Ret<ffi::AnyBuffer>()               // dk    [L..., S, K, H]
                                   .Ret<ffi::AnyBuffer>()               // dv    [L..., S, K, Hv]
+                                  .RemainingRets()                     // dbias (with a bias)
                                   .Attr<float>("scale")
                                   .Attr<int32_t>("window_left")
                                   .Attr<int32_t>("window_right")
+                                  .Attr<float>("softcap")
+                                  .Attr<int32_t>("extras")
                                   .Attr<int32_t>("force_arch"));

@@ -1,0 +1,177 @@
+"""GPU tests of the kernels' extras (issue 5): lengths, segment ids, bias (+ dbias), dense
+masks and softcap, alone and combined with causal/windows, on every forward family.
+
+Each case runs `jax_flash.attention(..., implementation="cuda")` forward and backward and
+checks out, lse, dq, dk, dv and dbias with the accuracy rule of tests/test_gpu_kernels.py
+(at most 2x the error of the naive computation in the input dtype, against the float32
+one). The naive computation here takes the dense visibility matrix from tests/reference.py
+(`visible_mask`, written from the API's definitions) and shares no code with the package.
+Inputs are fresh normal samples; segment ids and lengths are random per case.
+"""
+
+from __future__ import annotations
+
+import functools
+import zlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jax_flash
+from jax_flash import _cuda
+from reference import make_features, split_kwargs, visible_mask
+from test_gpu_kernels import _DTYPES, _HIGHEST, _assert_close, gpu_test
+
+
+def _families():
+  """The forward families to test on this device: sm90 and sm80 on Hopper, else sm80."""
+  if _cuda.kernels_available() is not None:
+    return [0]
+  on_hopper = (90 in _cuda._ext.built_archs()
+               and jax.devices()[0].compute_capability == "9.0")
+  return [90, 80] if on_hopper else [80]
+
+
+def _naive(q, k, v, bias, vis, *, scale, softcap, low_precision):
+  """(out, lse) from dense [B,N,T,S] logits: matmuls in the input dtype (low_precision,
+  softmax in float32) or in float32 at HIGHEST precision."""
+  n, n_kv = q.shape[2], k.shape[2]
+  k = jnp.repeat(k, n // n_kv, axis=2)
+  v = jnp.repeat(v, n // n_kv, axis=2)
+  if low_precision:
+    logits = jnp.einsum("btnh,bsnh->bnts", q, k).astype(jnp.float32)
+  else:
+    logits = jnp.einsum("btnh,bsnh->bnts", q, k, precision=_HIGHEST)
+  logits = logits * scale
+  if softcap is not None:
+    logits = softcap * jnp.tanh(logits / softcap)
+  if bias is not None:
+    logits = logits + bias
+  logits = jnp.where(vis, logits, -jnp.inf)
+  m = jax.lax.stop_gradient(logits.max(-1, keepdims=True))
+  m = jnp.where(jnp.isfinite(m), m, 0.0)
+  p = jnp.where(vis, jnp.exp(logits - m), 0.0)
+  total = p.sum(-1, keepdims=True)
+  safe = jnp.where(total > 0, total, 1.0)  # rows that see nothing: out 0, lse -inf
+  lse = jnp.where(total[..., 0] > 0, jnp.log(safe[..., 0]) + m[..., 0], -jnp.inf)
+  p = p / safe
+  if low_precision:
+    out = jnp.einsum("bnts,bsnh->btnh", p.astype(v.dtype), v)
+  else:
+    out = jnp.einsum("bnts,bsnh->btnh", p, v, precision=_HIGHEST)
+  return out, lse
+
+
+@functools.partial(jax.jit, static_argnames=("scale", "softcap"))
+def _references(q, k, v, bias, vis, dout, dlse, *, scale, softcap):
+  """{"ref": (out, lse, dq, dk, dv[, dbias]) in float32, "naive": the same in the dtype}."""
+  results = {}
+  for name, low in (("ref", False), ("naive", True)):
+    cast = (lambda x: x) if low else (lambda x: x.astype(jnp.float32))
+    fn = functools.partial(_naive, vis=vis, scale=scale, softcap=softcap, low_precision=low)
+    (out, lse), vjp = jax.vjp(fn, cast(q), cast(k), cast(v), bias)
+    grads = vjp((dout.astype(out.dtype), dlse))
+    results[name] = (out, lse) + tuple(g for g in grads if g is not None)
+  return results
+
+
+def _kernels(q, k, v, bias, dout, dlse, arrays, static, arch):
+  """(out, lse, dq, dk, dv[, dbias]) from the kernels, forward family `arch`."""
+  def fn(q, k, v, bias):
+    return jax_flash.attention(q, k, v, bias, return_lse=True, implementation="cuda",
+                               **arrays, **static)
+
+  with _cuda.force_arch(arch):  # traced inside the block
+    (out, lse), vjp = jax.vjp(jax.jit(fn), q, k, v, bias)
+    grads = vjp((dout, dlse))
+  return jax.block_until_ready((out, lse) + tuple(g for g in grads if g is not None))
+
+
+def _run_case(feature, dtype_name, b, t, s, n, n_kv, h, arch, features=None):
+  seed = zlib.crc32(repr((feature, dtype_name, b, t, s, n, n_kv, h, arch)).encode())
+  rng = np.random.default_rng(seed)
+  dtype = _DTYPES[dtype_name]
+  kw = features if features is not None else make_features(rng, feature, b, t, s, n)
+  arrays, static = split_kwargs(kw)
+  bias = arrays.pop("bias", None)
+  q, k, v, dout = (jnp.asarray(rng.standard_normal(shape), dtype) for shape in
+                   ((b, t, n, h), (b, s, n_kv, h), (b, s, n_kv, h), (b, t, n, h)))
+  dlse = jnp.asarray(rng.standard_normal((b, n, t)), jnp.float32)
+  scale = static.get("scale", 1.0 / np.sqrt(h))
+  softcap = static.get("softcap")
+  mask_kw = {k_: kw[k_] for k_ in ("is_causal", "local_window_size", "query_seq_lengths",
+                                    "key_value_seq_lengths", "q_segment_ids",
+                                    "kv_segment_ids", "mask") if k_ in kw}
+  vis = jnp.asarray(visible_mask(b, n, t, s, **mask_kw))
+  refs = _references(q, k, v, bias, vis, dout, dlse, scale=float(scale), softcap=softcap)
+  got = _kernels(q, k, v, bias, dout, dlse, arrays, static, arch)
+  names = ("out", "lse", "dq", "dk", "dv", "dbias")
+  for name, x, ref, naive in zip(names, got, refs["ref"], refs["naive"]):
+    _assert_close(f"{name} (sm{arch})", x, ref, naive, dtype)
+
+
+FEATURES = ["lengths", "segments", "softcap", "bias_full", "bias_bcast", "bias_2d", "mask",
+            "causal_window", "everything"]
+# (dtype, B, T, S, N, K, H): odd sizes, T != S, GQA; head dims of each instantiated size.
+SHAPES = [("bf16", 2, 97, 131, 4, 2, 64), ("fp16", 1, 200, 77, 2, 1, 128),
+          ("bf16", 2, 150, 150, 2, 2, 256)]
+
+
+@gpu_test
+@pytest.mark.parametrize("arch", _families())
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda c: "-".join(map(str, c)))
+@pytest.mark.parametrize("feature", FEATURES)
+def test_feature(feature, shape, arch):
+  _run_case(feature, *shape, arch)
+
+
+def _packed(rng, b, length, docs):
+  """Segment ids of `docs` packed documents of random lengths per row, sorted."""
+  ids = np.zeros((b, length), np.int32)
+  for row in range(b):
+    cuts = np.sort(rng.choice(np.arange(1, length), docs - 1, replace=False))
+    ids[row] = np.searchsorted(cuts, np.arange(length), side="right")
+  return ids
+
+
+@gpu_test
+@pytest.mark.parametrize("arch", _families())
+@pytest.mark.parametrize("dtype_name", ["bf16", "fp16"])
+def test_packed_documents_skip_tiles(dtype_name, arch):
+  """Long packed sequences, where most key tiles of a query tile hold other documents and
+  are skipped: causal + segments + padding lengths, the training setting."""
+  rng = np.random.default_rng(11)
+  b, t = 2, 1500
+  ids = _packed(rng, b, t, 6)
+  kw = dict(is_causal=True, q_segment_ids=ids, kv_segment_ids=ids,
+            query_seq_lengths=np.array([t, 1201], np.int32),
+            key_value_seq_lengths=np.array([t, 1201], np.int32))
+  _run_case("packed", dtype_name, b, t, t, 4, 2, 128, arch, features=kw)
+
+
+@gpu_test
+@pytest.mark.parametrize("arch", _families())
+def test_unsorted_segments_and_sliding_window(arch):
+  """Segment ids in no order (tile ranges overlap without matching everywhere) with a
+  sliding window over a long sequence, and lengths of 0 (rows that see nothing)."""
+  rng = np.random.default_rng(12)
+  b, t = 2, 700
+  q_ids = rng.integers(0, 4, (b, t)).astype(np.int32)
+  kv_ids = rng.integers(0, 4, (b, t)).astype(np.int32)
+  kw = dict(local_window_size=(100, 30), q_segment_ids=q_ids, kv_segment_ids=kv_ids,
+            key_value_seq_lengths=np.array([0, 650], np.int32))
+  _run_case("unsorted", "bf16", b, t, t, 2, 1, 64, arch, features=kw)
+
+
+@gpu_test
+def test_kernels_take_every_feature_under_implementation_none():
+  """Routing: with the kernels available, implementation=None runs them for every extra
+  (no fallback log), i.e. the compiled program holds the custom call."""
+  rng = np.random.default_rng(13)
+  q = jnp.asarray(rng.standard_normal((1, 64, 2, 64)), jnp.bfloat16)
+  kw = make_features(rng, "everything", 1, 64, 64, 2)
+  arrays, static = split_kwargs(kw)
+  fn = jax.jit(lambda q: jax_flash.attention(q, q, q, **arrays, **static))
+  assert "jax_flash_fwd" in fn.lower(q).as_text()
