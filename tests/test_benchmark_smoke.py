@@ -119,3 +119,31 @@ def test_memory_smoke_grows_subquadratically(tmp_path):
   assert 0 < small < large
   # 4x the sequence: a T x S buffer would grow 16x; the blockwise path stays near 4x.
   assert large / small < 6
+
+
+def test_mask_benchmark_smoke_counts_visible_pairs(tmp_path):
+  """examples/mask_benchmark.py on CPU: every case runs, and the visible-pair counts its
+  FLOPs rest on match a dense count of the reference's visibility matrix."""
+  import numpy as np
+
+  from reference import visible_mask
+
+  stdout = _run("--smoke", "--out", str(tmp_path), script=ROOT / "examples" / "mask_benchmark.py")
+  result = json.loads((tmp_path / "mask_benchmark.json").read_text())
+  rows = {r["case"]: r for r in result["rows"]}
+  t = result["t"]
+  assert "TFLOP/s over visible pairs" in stdout
+  assert all(r["fwd_ms"] > 0 and r["bwd_ms"] > 0 for r in rows.values())
+  ids = np.repeat(np.arange(4), t // 4)[None]
+  dense = {
+      "dense": visible_mask(1, 1, t, t),
+      "dense_causal": visible_mask(1, 1, t, t, is_causal=True),
+      "window_32": visible_mask(1, 1, t, t, is_causal=True, local_window_size=(32, 0)),
+      "docs_4x64": visible_mask(1, 1, t, t, q_segment_ids=ids, kv_segment_ids=ids),
+      "docs_4x64_c": visible_mask(1, 1, t, t, is_causal=True, q_segment_ids=ids,
+                                  kv_segment_ids=ids),
+      "lengths_half": visible_mask(1, 1, t, t, query_seq_lengths=[t // 2],
+                                   key_value_seq_lengths=[t // 2]),
+  }
+  for name, vis in dense.items():
+    assert rows[name]["visible_pairs"] == vis.sum(), name

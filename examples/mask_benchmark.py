@@ -1,0 +1,131 @@
+"""Masked attention benchmark: does masked work cost nothing?
+
+One sequence of 16k tokens (batch 1, 16 heads, head dim 128, bf16; the BENCHMARKS.md timing
+protocol via benchmark.py), jax_flash's kernels with and without masks. FLOPs count only the
+(query, key) pairs a mask leaves visible, so a kernel that skips masked tiles keeps its dense
+TFLOP/s and one that computes them and throws them away drops in proportion:
+
+  dense           no mask (the reference TFLOP/s), and dense causal
+  window_1024     causal sliding window: query i sees keys i-1024 .. i
+  docs_8x2k       8 packed documents of 2048 tokens (segment ids), non-causal inside each
+  docs_8x2k_c     the same, causal inside each document
+  lengths_half    padding: only the first 8k queries and keys are real (lengths)
+  softcap / bias  dense with softcap 30 / a [1, N, 1, S] bias (the per-element path)
+
+Each row prints fwd and bwd TFLOP/s and their fraction of the dense non-causal row (the
+causal variants also of the dense causal row) in the same run; on Hopper both forward
+families run (columns sm90, sm80; the backward is shared). Writes JSON to --out.
+
+  python examples/mask_benchmark.py                 # GPU
+  python examples/mask_benchmark.py --smoke         # CPU, the "xla" path, tiny shapes
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def cases(t: int, docs: int, window: int):
+  """name -> (attention kwargs, visible pairs per head, causal baseline?)."""
+  doc = t // docs
+  ids = jnp.asarray(np.repeat(np.arange(docs, dtype=np.int32), doc)[None])
+  half = jnp.asarray([t // 2], jnp.int32)
+  i = np.arange(t)
+  return {
+      "dense": (dict(), t * t, False),
+      "dense_causal": (dict(is_causal=True), t * (t + 1) // 2, True),
+      f"window_{window}": (dict(is_causal=True, local_window_size=(window, 0)),
+                           int(np.sum(np.minimum(i, window) + 1)), True),
+      f"docs_{docs}x{doc}": (dict(q_segment_ids=ids, kv_segment_ids=ids), docs * doc * doc,
+                             False),
+      f"docs_{docs}x{doc}_c": (dict(q_segment_ids=ids, kv_segment_ids=ids, is_causal=True),
+                               docs * doc * (doc + 1) // 2, True),
+      "lengths_half": (dict(query_seq_lengths=half, key_value_seq_lengths=half),
+                       (t // 2) ** 2, False),
+      "softcap": (dict(softcap=30.0), t * t, False),
+      "bias": (dict(bias="per_key"), t * t, False),
+  }
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--smoke", action="store_true", help="CPU, tiny shapes, the xla path")
+  p.add_argument("--out", default="mask_bench_out")
+  args = p.parse_args(argv)
+
+  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+  from benchmark import time_per_call
+  from tqdm import tqdm
+
+  import jax_flash
+
+  t, n, h, docs, window = (256, 2, 64, 4, 32) if args.smoke else (16384, 16, 128, 8, 1024)
+  on_gpu = jax.default_backend() == "gpu"
+  impl = "cuda" if on_gpu else "xla"
+  archs = [None]
+  if on_gpu and str(jax.devices()[0].compute_capability).startswith("9."):
+    archs = [90, 80]
+  keys = jax.random.split(jax.random.key(0), 5)
+  q, k, v, dout = (jax.random.normal(key, (1, t, n, h), jnp.bfloat16) for key in keys[:4])
+  per_key_bias = jax.random.normal(keys[4], (1, n, 1, t), jnp.float32)
+
+  from jax_flash import _cuda
+  rows = []
+  table = cases(t, docs, window)
+  for name, (kw, pairs, causal) in tqdm(table.items(), unit="case"):
+    kw = dict(kw)
+    if kw.get("bias") == "per_key":
+      kw["bias"] = per_key_bias
+    flops = 4.0 * pairs * n * h
+    for arch in archs:
+      def attn(q, k, v):
+        return jax_flash.attention(q, k, v, implementation=impl, **kw)
+
+      def fwd_bwd(q, k, v, dout):
+        out, vjp = jax.vjp(attn, q, k, v)
+        return out, vjp(dout)
+
+      ctx = _cuda.force_arch(arch) if arch else contextlib.nullcontext()
+      with ctx:
+        fwd_s, _ = time_per_call(jax.jit(attn), (q, k, v))
+        both_s, _ = time_per_call(jax.jit(fwd_bwd), (q, k, v, dout))
+      rows.append(dict(case=name, arch=arch, causal_baseline=causal, visible_pairs=pairs,
+                       fwd_ms=fwd_s * 1e3, bwd_ms=(both_s - fwd_s) * 1e3,
+                       fwd_tflops=flops / fwd_s / 1e12,
+                       bwd_tflops=2.5 * flops / max(both_s - fwd_s, 1e-9) / 1e12))
+
+  device = jax.devices()[0].device_kind
+  print(f"\n{device}, T=S={t}, N={n}, H={h}, bf16; TFLOP/s over visible pairs "
+        f"(fraction of dense | of dense causal)")
+  print(f"{'case':>16} {'fwd':>5} {'visible':>8} {'fwd TF/s':>9} {'frac':>12} "
+        f"{'bwd TF/s':>9} {'frac':>12}")
+  base = {(r["case"], r["arch"]): r for r in rows}
+  for r in rows:
+    dense, dense_c = base[("dense", r["arch"])], base[("dense_causal", r["arch"])]
+    fracs = {}
+    for d in ("fwd", "bwd"):
+      f = r[f"{d}_tflops"] / dense[f"{d}_tflops"]
+      fc = r[f"{d}_tflops"] / dense_c[f"{d}_tflops"]
+      r[f"{d}_frac_dense"], r[f"{d}_frac_dense_causal"] = f, fc
+      fracs[d] = f"{f:.2f}" + (f" | {fc:.2f}" if r["causal_baseline"] else "")
+    arch = f"sm{r['arch']}" if r["arch"] else impl
+    print(f"{r['case']:>16} {arch:>5} {r['visible_pairs'] / t / t:>7.1%} "
+          f"{r['fwd_tflops']:>9.4g} {fracs['fwd']:>12} {r['bwd_tflops']:>9.4g} "
+          f"{fracs['bwd']:>12}")
+  os.makedirs(args.out, exist_ok=True)
+  with open(os.path.join(args.out, "mask_benchmark.json"), "w") as f:
+    json.dump(dict(device=device, t=t, n=n, h=h, date=time.strftime("%Y-%m-%d %H:%M:%S"),
+                   rows=rows), f, indent=1)
+
+
+if __name__ == "__main__":
+  main()
