@@ -22,38 +22,51 @@ bool arch_built(int arch) {
   return false;
 }
 
-// First (smallest) built head dim >= h for Element; the X list is ascending per dtype.
+template <typename Element_, int kHeadDim_>
+struct Kernel {
+  using Element = Element_;
+  static constexpr int kHeadDim = kHeadDim_;
+};
+
+// Calls launch(Kernel<Element, HDIM>{}) for the first (smallest) built head dim >= h of a
+// family's X list (ascending per dtype).
+#define JAX_FLASH_FIRST_FIT(NAME, LIST)                                     \
+  template <typename Element, typename Launch>                             \
+  cudaError_t NAME(int h, Launch launch) {                                 \
+    LIST(JAX_FLASH_TRY)                                                    \
+    return cudaErrorNotSupported;                                          \
+  }
+#define JAX_FLASH_TRY(ENUM, ELEMENT, HDIM)                                \
+  if constexpr (std::is_same_v<ELEMENT, Element>) {                       \
+    if (h <= HDIM) return launch(Kernel<ELEMENT, HDIM>{});                \
+  }
+JAX_FLASH_FIRST_FIT(sm80_first_fit, JAX_FLASH_SM80_KERNELS)
+JAX_FLASH_FIRST_FIT(sm90_first_fit, JAX_FLASH_SM90_FWD_KERNELS)
+#undef JAX_FLASH_TRY
+#undef JAX_FLASH_FIRST_FIT
+
 template <typename Element>
 cudaError_t sm80_fwd(const FwdParams& params, cudaStream_t stream) {
-#define JAX_FLASH_TRY(ENUM, ELEMENT, HDIM)                          \
-  if constexpr (std::is_same_v<ELEMENT, Element>) {                 \
-    if (params.h <= HDIM) return sm80::run_fwd<ELEMENT, HDIM>(params, stream); \
-  }
-  JAX_FLASH_SM80_KERNELS(JAX_FLASH_TRY)
-#undef JAX_FLASH_TRY
-  return cudaErrorNotSupported;
+  return sm80_first_fit<Element>(params.h, [&](auto k) {
+    using K = decltype(k);
+    return sm80::run_fwd<typename K::Element, K::kHeadDim>(params, stream);
+  });
 }
 
 template <typename Element>
 cudaError_t sm80_bwd(const BwdParams& params, cudaStream_t stream) {
-#define JAX_FLASH_TRY(ENUM, ELEMENT, HDIM)                          \
-  if constexpr (std::is_same_v<ELEMENT, Element>) {                 \
-    if (params.h <= HDIM) return sm80::run_bwd<ELEMENT, HDIM>(params, stream); \
-  }
-  JAX_FLASH_SM80_KERNELS(JAX_FLASH_TRY)
-#undef JAX_FLASH_TRY
-  return cudaErrorNotSupported;
+  return sm80_first_fit<Element>(params.h, [&](auto k) {
+    using K = decltype(k);
+    return sm80::run_bwd<typename K::Element, K::kHeadDim>(params, stream);
+  });
 }
 
 template <typename Element>
 cudaError_t sm90_fwd(const FwdParams& params, cudaStream_t stream) {
-#define JAX_FLASH_TRY(ENUM, ELEMENT, HDIM)                                     \
-  if constexpr (std::is_same_v<ELEMENT, Element>) {                            \
-    if (params.h <= HDIM) return sm90::run_fwd<ELEMENT, HDIM>(params, stream); \
-  }
-  JAX_FLASH_SM90_FWD_KERNELS(JAX_FLASH_TRY)
-#undef JAX_FLASH_TRY
-  return cudaErrorNotSupported;
+  return sm90_first_fit<Element>(params.h, [&](auto k) {
+    using K = decltype(k);
+    return sm90::run_fwd<typename K::Element, K::kHeadDim>(params, stream);
+  });
 }
 
 }  // namespace
