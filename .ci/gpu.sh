@@ -5,11 +5,12 @@
 #
 # Steps:
 #   build     pip install --no-build-isolation --no-deps -v . (ptxas -v on; build.log)
-#   test      pytest -m gpu tests/test_gpu_kernels.py (without the slow test)
+#   test      pytest -m gpu tests/test_gpu_kernels.py tests/test_gpu_extras.py (not slow)
 #   slow      the seqlen-131072 fwd+bwd test (pytest --run-slow -m slow)
 #   sanitize  compute-sanitizer memcheck and racecheck on tiny fwd+bwd calls
 #   cpu       the whole pytest suite (the CPU tests, here on the GPU machine)
 #   bench     python examples/benchmark.py --out $OUT/bench $BENCH_ARGS
+#   maskbench python examples/mask_benchmark.py --out $OUT/maskbench
 # Environment: OUT (logs; default ./out), PYTEST_ARGS (extra pytest arguments, e.g. -k),
 # BENCH_ARGS, JAX_FLASH_* build settings (see CMakeLists.txt), STEP_TIMEOUT_S (default 600).
 # nvidia-cutlass is installed from .whl/ (carry it) when Python cannot import it.
@@ -91,8 +92,8 @@ timeout_args() {
 }
 
 step_test() {
-  run_pytest "$REPO/tests/test_gpu_kernels.py" -m "gpu and not slow" -v --durations=10 \
-    $(timeout_args 90)
+  run_pytest "$REPO/tests/test_gpu_kernels.py" "$REPO/tests/test_gpu_extras.py" \
+    -m "gpu and not slow" -v --durations=10 $(timeout_args 90)
 }
 
 step_slow() {
@@ -105,6 +106,10 @@ step_cpu() {
 
 step_bench() {
   python3 examples/benchmark.py --out "$OUT/bench" ${BENCH_ARGS:-}
+}
+
+step_maskbench() {
+  python3 examples/mask_benchmark.py --out "$OUT/maskbench"
 }
 
 # Tiny fwd+bwd calls under compute-sanitizer. CUDA API errors are not reported (XLA and
@@ -121,6 +126,7 @@ cases = [  # dtype, (B, T, S, N, K, H), (window_left, window_right)
     (jnp.float16, (2, 130, 65, 2, 1, 40), (16, 8)),
     (jnp.bfloat16, (1, 33, 190, 2, 2, 256), (-1, -1)),
     (jnp.float16, (1, 70, 20, 2, 2, 128), (4, 0)),  # rows that see no key
+    (jnp.bfloat16, (2, 90, 70, 2, 1, 64), (-1, 0)),  # + every extra (below)
 ]
 for i, (dtype, (b, t, s, n, kv, h), (wl, wr)) in enumerate(cases):
   ks = jax.random.split(jax.random.key(i), 4)
@@ -129,9 +135,18 @@ for i, (dtype, (b, t, s, n, kv, h), (wl, wr)) in enumerate(cases):
   v = jax.random.normal(ks[2], (b, s, kv, h), dtype)
   do = jax.random.normal(ks[3], (b, t, n, h), dtype)
   cfg = AttnConfig(scale=1 / math.sqrt(h), window_left=wl, window_right=wr)
+  ex = Extras()
+  if i == 4:
+    cfg = AttnConfig(scale=cfg.scale, window_right=0, softcap=5.0)
+    seg = lambda L: jnp.broadcast_to(jnp.arange(L, dtype=jnp.int32) // 23, (b, L))
+    ex = Extras(bias=jax.random.normal(ks[0], (1, n, t, s)),
+                mask=jax.random.bernoulli(ks[1], 0.8, (b, 1, t, s)),
+                q_seqlen=jnp.array([t, 50], jnp.int32), kv_seqlen=jnp.array([s, 33], jnp.int32),
+                q_segment_ids=seg(t), kv_segment_ids=seg(s))
   def f(q, k, v, do):
-    out, lse = _cuda.fwd(q, k, v, Extras(), cfg)
-    return (out, lse) + _cuda.bwd(q, k, v, Extras(), out, lse, do, None, cfg)[:3]
+    out, lse = _cuda.fwd(q, k, v, ex, cfg)
+    grads = _cuda.bwd(q, k, v, ex, out, lse, do, None, cfg)  # dbias None without a bias
+    return (out, lse) + tuple(g for g in grads if g is not None)
   res = jax.block_until_ready(jax.jit(f)(q, k, v, do))
   ok = all(bool(jnp.all(jnp.isfinite(x) | jnp.isneginf(x))) for x in res)
   print(f"case {i}: all results finite or -inf: {ok}")
