@@ -14,7 +14,15 @@
 //   dQ  = dS K      (added into float32 dq_accum: vector atomics, or on sm90 with kBulkDq
 //                    one TMA reduction per warp tile, staged in shared memory)
 // P and dS go through shared memory so the transposed products can read them with
-// ldmatrix.trans. Every shared tile is stored as rows of 16-byte chunks whose chunk index
+// ldmatrix.trans.
+//
+// Extras (kExtras, common/mask.h): lengths shrink the key block and the band (rows past
+// q_seqlen load as zeros and add nothing); segment ids drop the query blocks whose id span
+// cannot meet the CTA's keys (counted before the loop, so the prefetch always loads the next
+// visited block); tiles with bias, mask or softcap, or with more than one segment id, take
+// the element path: every pair through Extras::visible and Extras::logit, and
+//   P = exp(logit - lse)   dS = P * (dP - delta)   dbias += dS   dS *= 1 - tanh^2 (softcap)
+// before the same dK/dV/dQ products. Other tiles run the fast step of the no-extras kernel. Every shared tile is stored as rows of 16-byte chunks whose chunk index
 // is XORed with (row % 8): ldmatrix and cp.async then touch 8 distinct chunks per 8 rows,
 // free of bank conflicts.
 #pragma once
@@ -28,6 +36,7 @@
 
 #include <cutlass/numeric_types.h>
 
+#include "common/mask.h"
 #include "params.h"
 #include "sm80/bwd_traits.h"
 
@@ -57,6 +66,11 @@ __device__ __forceinline__ void cp_async_16(uint32_t dst, const void* src, bool 
 __device__ __forceinline__ void cp_async_4(uint32_t dst, const void* src, bool valid) {
   asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(src),
                "r"(valid ? 4 : 0));
+}
+
+// Fire-and-forget float add (dbias: broadcast dims sum, so pairs collide across CTAs).
+__device__ __forceinline__ void red_add_f32(float* ptr, float v) {
+  asm volatile("red.global.add.f32 [%0], %1;\n" ::"l"(ptr), "f"(v) : "memory");
 }
 
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
@@ -264,10 +278,17 @@ __device__ __forceinline__ void load_tile(uint32_t dst, const Element* src, int6
   }
 }
 
+// The no-extras kernel's stand-in for Extras: full lengths, nothing else.
+struct NoExtras {
+  int valid_rows, valid_keys;
+  __device__ __forceinline__ NoExtras(const AttnParams& p, int, int)
+      : valid_rows(p.t), valid_keys(p.s) {}
+};
+
 // ---------------------------------------------------------------------------------------
 // The kernel.
 
-template <typename Element, typename Cfg>
+template <typename Element, typename Cfg, bool kExtras>
 __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm)
     bwd_kernel(const __grid_constant__ BwdParams p, const __grid_constant__ CUtensorMap dq_map) {
   constexpr int kH = Cfg::kHeadDim;
@@ -297,7 +318,12 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm)
   const int kv_head = blockIdx.y;
   const int batch = blockIdx.z;
   const int n_start = n_block * kBc;
-  const int n_valid = min(kBc, p.s - n_start);
+  // Lengths: keys >= key_end and rows >= row_end see nothing (p.s and p.t without extras).
+  std::conditional_t<kExtras, Extras, NoExtras> ex(p, batch, kv_head * p.group);
+  const int key_end = ex.valid_keys;
+  const int row_end = ex.valid_rows;
+  // <= 0 (extras only) when the whole key block lies past kv_seqlen: dK = dV = 0.
+  const int n_valid = min(kBc, key_end - n_start);
 
   // The band: queries i that see at least one of keys [n_start, n_start + n_valid), as
   // query blocks [m_begin, m_end). A function so the loop can recompute m_begin from
@@ -310,12 +336,55 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm)
   };
   const int64_t i_lo = right_bounded ? max(int64_t{0}, int64_t{n_start} - p.window_right) : 0;
   const int64_t i_hi = left_bounded
-                           ? min(int64_t{p.t}, int64_t{n_start} + n_valid + p.window_left)
-                           : int64_t{p.t};
+                           ? min(int64_t{row_end}, int64_t{n_start} + n_valid + p.window_left)
+                           : int64_t{row_end};
   const int m_begin = first_block(n_start);
-  const int m_end = i_hi > i_lo ? static_cast<int>((i_hi + kBr - 1) / kBr) : m_begin;
+  const int m_end = (!kExtras || n_valid > 0) && i_hi > i_lo
+                        ? static_cast<int>((i_hi + kBr - 1) / kBr)
+                        : m_begin;
   const int num_m = m_end - m_begin;
-  const int num_steps = p.group * num_m;
+
+  // Segments: the band's query blocks whose id span meets the keys' are visited, from m_lo
+  // to m_hi - 1 (the walk skips the others in between); all of them without segments.
+  int m_lo = m_begin, m_hi = m_end, num_visited = num_m;
+  int2 key_span = make_int2(0, 0);
+  auto block_meets = [&](int m) {
+    if constexpr (kExtras) {
+      return Extras::spans_meet(ex.row_span(m * kBr, min(m * kBr + kBr, row_end)), key_span);
+    }
+    return true;
+  };
+  if constexpr (kExtras) {
+    if (ex.has_segments() && num_m > 0) {
+      key_span = ex.key_span(n_start, n_start + n_valid);
+      // Reduced in the P tile, which the first step writes only after its barrier.
+      int* scan = reinterpret_cast<int*>(smem + Cfg::kSmemP);
+      if (tid == 0) {
+        scan[0] = m_end;
+        scan[1] = m_begin - 1;
+        scan[2] = 0;
+      }
+      __syncthreads();
+      int lo = m_end, hi = m_begin - 1, count = 0;
+      for (int m = m_begin + tid; m < m_end; m += kThreads) {
+        if (block_meets(m)) {
+          lo = min(lo, m);
+          hi = max(hi, m);
+          ++count;
+        }
+      }
+      if (count > 0) {
+        atomicMin(&scan[0], lo);
+        atomicMax(&scan[1], hi);
+        atomicAdd(&scan[2], count);
+      }
+      __syncthreads();
+      m_lo = scan[0];
+      m_hi = scan[1] + 1;
+      num_visited = scan[2];
+    }
+  }
+  const int num_steps = p.group * num_visited;
 
   const Element* k_ptr = static_cast<const Element*>(p.k) + batch * p.k_batch_stride +
                          kv_head * p.k_head_stride + int64_t{n_start} * p.k_row_stride;
@@ -330,7 +399,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm)
     int tid;
     asm volatile("mov.u32 %0, %%tid.x;\n" : "=r"(tid));
     const int m0 = m * kBr;
-    const int valid_rows = min(kBr, p.t - m0);
+    const int valid_rows = min(kBr, row_end - m0);
     const Element* q = static_cast<const Element*>(p.q) + batch * p.q_batch_stride +
                        head * p.q_head_stride + int64_t{m0} * p.q_row_stride;
     const Element* dout = static_cast<const Element*>(p.dout) + batch * p.do_batch_stride +
@@ -352,8 +421,10 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm)
   };
 
   // Steps walk the query blocks [m_begin, m_end) of each head of the group in turn, from
-  // m_first on and wrapping around (m_first = m_begin unless kRotate).
-  const int m_first = Cfg::kRotate && num_m > 0 ? m_begin + n_block % num_m : m_begin;
+  // m_first on and wrapping around (m_first = m_begin unless kRotate; the extras kernel
+  // does not rotate, and walks the visited blocks [m_lo, m_hi)).
+  constexpr bool kRotate = Cfg::kRotate && !kExtras;
+  const int m_first = kRotate && num_m > 0 ? m_begin + n_block % num_m : m_lo;
   int head = kv_head * p.group;
   int m_blk = m_first;
   if (num_steps > 0) load_step(head, m_blk, 0);
@@ -380,10 +451,18 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm)
     const uint32_t sDO = s_base + Cfg::kSmemDO + stage * Cfg::kTileQBytes;
     const int m0 = m_blk * kBr;
     int next_m, next_head = head;
-    if constexpr (Cfg::kRotate) {
+    if constexpr (kRotate) {
       const bool last_of_head = m_blk + 1 == (m_first == m_begin ? m_end : m_first);
       next_m = last_of_head ? m_first : (m_blk + 1 == m_end ? m_begin : m_blk + 1);
       next_head += last_of_head;
+    } else if constexpr (kExtras) {
+      int m = m_blk + 1;
+      if (ex.has_segments()) {
+        while (m < m_hi && !block_meets(m)) ++m;
+      }
+      const bool last_block = m >= m_hi;
+      next_m = last_block ? m_lo : m;
+      next_head += last_block;
     } else {
       int block_x;
       asm volatile("mov.u32 %0, %%ctaid.x;\n" : "=r"(block_x));
@@ -401,6 +480,16 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm)
       cp_async_commit();
     }
 
+    // The element path (extras only): bias, mask or softcap on every tile; segment ids where
+    // the tile holds more than one.
+    bool element = false;
+    if constexpr (kExtras) {
+      ex.head = head;
+      element = ex.per_element() ||
+                (ex.has_segments() &&
+                 !Extras::spans_all_match(ex.row_span(m0, min(m0 + kBr, row_end)), key_span));
+    }
+
     // Element masks only where the tile crosses the band's edge or the end of the keys:
     // one bit per accumulator element, all set otherwise. (A select on these bits after
     // the exponential stays correct for any sign of the scale.)
@@ -410,7 +499,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm)
 #pragma unroll
       for (int w = 0; w < (kElems + 31) / 32; ++w) visible[w] = ~0u;
       const bool need_mask =
-          n_start + kBc > p.s ||
+          n_start + kBc > key_end ||
           (left_bounded && int64_t{n_start} < int64_t{m0} + kBr - 1 - p.window_left) ||
           (right_bounded && int64_t{n_start} + kBc - 1 > int64_t{m0} + p.window_right);
       if (need_mask) {
@@ -422,7 +511,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm)
             // Visible keys of row i: [lo, hi] (the window clipped to the keys that exist).
             const int i = m0 + sdp_m0 + mt * 16 + lane_now / 4 + half * 8;
             const int lo = left_bounded ? i - p.window_left : 0;
-            const int hi = right_bounded ? min(p.s - 1, i + p.window_right) : p.s - 1;
+            const int hi = right_bounded ? min(key_end - 1, i + p.window_right) : key_end - 1;
 #pragma unroll
             for (int nt = 0; nt < kSdPNT; ++nt) {
 #pragma unroll
@@ -460,6 +549,50 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm)
       }
     };
 
+    // The element path: every rule per pair, logits through softcap and bias. Leaves P in
+    // s and, in dp, dS as the gradient to scale * q.k (after the softcap factor); dbias gets
+    // dS = d loss / d logit. Hidden pairs and rows with lse = -inf give P = dS = 0.
+    auto element_step = [&](float (&x)[kSdPMT][kSdPNT][4], float (&y)[kSdPMT][kSdPNT][4]) {
+      if constexpr (kExtras) {
+        const Window window{p.window_left, p.window_right};
+        const bool transforms = ex.transforms();
+        const int lane_now = lane_id();
+#pragma unroll
+        for (int mt = 0; mt < kSdPMT; ++mt) {
+#pragma unroll
+          for (int half = 0; half < 2; ++half) {
+            const int r = sdp_m0 + mt * 16 + lane_now / 4 + half * 8;
+            const int i = m0 + r;
+            const float lse = sLse[stage * kBr + r];
+            const float lse2 = lse == -INFINITY ? INFINITY : lse * kLog2e;
+            const float delta = sDelta[stage * kBr + r];
+#pragma unroll
+            for (int nt = 0; nt < kSdPNT; ++nt) {
+#pragma unroll
+              for (int c = 0; c < 2; ++c) {
+                const int j = n_start + sdp_n0 + nt * 8 + 2 * (lane_now % 4) + c;
+                float& pv = x[mt][nt][half * 2 + c];
+                float& ds = y[mt][nt][half * 2 + c];
+                if (ex.visible(window, i, j)) {
+                  float th;
+                  pv = transforms ? exp2f(fmaf(ex.logit(pv * p.scale, i, j, th), kLog2e, -lse2))
+                                  : exp2f(fmaf(pv, p.scale_log2, -lse2));
+                  ds = pv * (ds - delta);
+                  if (p.dbias != nullptr) {
+                    red_add_f32(p.dbias + ex.pair_offset(p.extra.bias_stride, i, j), ds);
+                  }
+                  if (transforms) ds *= 1.f - th * th;  // th = 0 without softcap
+                } else {
+                  pv = 0.f;
+                  ds = 0.f;
+                }
+              }
+            }
+          }
+        }
+      }
+    };
+
     // P and dS go to smem as [query][key] tiles. Rows are g (mod 8), so the swizzle key is
     // g; offsets are rebuilt at each use rather than kept live across the loop.
     auto store_scores = [&](uint32_t tile, const float (&x)[kSdPMT][kSdPNT][4]) {
@@ -487,34 +620,48 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm)
     if constexpr (Cfg::kLateExp) {
       // S = Q K^T and dP = dO V^T back to back, then the exponentials: no branch or smem
       // store separates the SFU work from the dP products.
-      compute_mask();
+      if (!element) compute_mask();
       zero(s);
       warp_gemm<Element, kSdPMT, kSdPNT, kH, false, kH, false, kH>(s, sQ, sdp_m0, sK, sdp_n0);
       zero(dp);
       warp_gemm<Element, kSdPMT, kSdPNT, kH, false, kH, false, kH>(dp, sDO, sdp_m0, sV, sdp_n0);
-      exponentiate(s);
+      if (element) {
+        element_step(s, dp);
+      } else {
+        exponentiate(s);
+      }
       store_scores(sP, s);
     } else {
-      // S = Q K^T, then P in place, stored to smem before dP = dO V^T is computed.
+      // S = Q K^T, then P in place, stored to smem before dP = dO V^T is computed (the
+      // element path needs dP first).
       zero(s);
       warp_gemm<Element, kSdPMT, kSdPNT, kH, false, kH, false, kH>(s, sQ, sdp_m0, sK, sdp_n0);
-      compute_mask();
-      exponentiate(s);
-      store_scores(sP, s);
+      if (!element) {
+        compute_mask();
+        exponentiate(s);
+        store_scores(sP, s);
+      }
       zero(dp);
       warp_gemm<Element, kSdPMT, kSdPNT, kH, false, kH, false, kH>(dp, sDO, sdp_m0, sV, sdp_n0);
+      if (element) {
+        element_step(s, dp);
+        store_scores(sP, s);
+      }
     }
+    // dS = P * (dP - delta) (the element path has done it).
+    if (!element) {
 #pragma unroll
-    for (int mt = 0; mt < kSdPMT; ++mt) {
+      for (int mt = 0; mt < kSdPMT; ++mt) {
 #pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        const float delta = sDelta[stage * kBr + sdp_m0 + mt * 16 + lane_id() / 4 + half * 8];
+        for (int half = 0; half < 2; ++half) {
+          const float delta = sDelta[stage * kBr + sdp_m0 + mt * 16 + lane_id() / 4 + half * 8];
 #pragma unroll
-        for (int nt = 0; nt < kSdPNT; ++nt) {
+          for (int nt = 0; nt < kSdPNT; ++nt) {
 #pragma unroll
-          for (int c = 0; c < 2; ++c) {
-            float& x = dp[mt][nt][half * 2 + c];
-            x = s[mt][nt][half * 2 + c] * (x - delta);
+            for (int c = 0; c < 2; ++c) {
+              float& x = dp[mt][nt][half * 2 + c];
+              x = s[mt][nt][half * 2 + c] * (x - delta);
+            }
           }
         }
       }

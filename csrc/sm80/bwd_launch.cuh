@@ -7,6 +7,7 @@
 #include <cudaTypedefs.h>  // PFN_cuTensorMapEncodeTiled
 #include <cuda_runtime_api.h>
 
+#include <cmath>
 #include <cstdint>
 #include <type_traits>
 
@@ -25,6 +26,30 @@ inline bool aligned(const void* ptr, uintptr_t bytes) {
 
 inline bool all_multiple_of(int64_t m, int64_t a, int64_t b, int64_t c) {
   return a % m == 0 && b % m == 0 && c % m == 0;
+}
+
+// Any extra input (lengths, segments, bias, mask, softcap): the extras kernel runs.
+inline bool has_extras(const BwdParams& p) {
+  const ExtraParams& e = p.extra;
+  return e.q_seqlen || e.kv_seqlen || e.q_segment_ids || e.kv_segment_ids || e.bias || e.mask ||
+         e.softcap != 0.f;
+}
+
+// The extras are consistent: segment ids come in pairs with their chunk ranges, dbias only
+// with a bias, and per_element says exactly whether bias, mask or softcap is present (the
+// kernel trusts it to route tiles to the element path).
+inline bool extras_consistent(const BwdParams& p) {
+  const ExtraParams& e = p.extra;
+  if ((e.q_segment_ids == nullptr) != (e.kv_segment_ids == nullptr)) return false;
+  if (e.q_segment_ids != nullptr &&
+      (e.q_segment_range == nullptr || e.kv_segment_range == nullptr ||
+       e.q_chunks != (p.t + kSegmentChunk - 1) / kSegmentChunk ||
+       e.kv_chunks != (p.s + kSegmentChunk - 1) / kSegmentChunk)) {
+    return false;
+  }
+  if (p.dbias != nullptr && e.bias == nullptr) return false;
+  if (e.per_element != (e.bias != nullptr || e.mask != nullptr || e.softcap != 0.f)) return false;
+  return !std::isnan(e.softcap);
 }
 
 // What the kernel assumes of its arguments; the handler checks shapes before this, so a
@@ -50,7 +75,7 @@ bool supported(const BwdParams& p) {
       !all_multiple_of(2, p.dk_batch_stride, p.dk_row_stride, p.dk_head_stride) ||
       !all_multiple_of(2, p.dv_batch_stride, p.dv_row_stride, p.dv_head_stride))
     return false;
-  return true;
+  return extras_consistent(p);
 }
 
 // cuTensorMapEncodeTiled from the driver, found once through the runtime (no libcuda link).
@@ -101,11 +126,12 @@ bool device_fits() {
   return smem >= Cfg::kSmemBytes && (!Cfg::kBulkDq || major >= 9);
 }
 
-// Launches Cfg; dq_map is read only by kBulkDq configs.
+// Launches Cfg; dq_map is read only by kBulkDq configs. A call without extras runs the
+// kernel compiled without them (the extras kernel holds more registers).
 template <typename Element, typename Cfg>
 cudaError_t launch(const BwdParams& params, const CUtensorMap& dq_map, cudaStream_t stream) {
   const dim3 grid((params.s + Cfg::kBlockN - 1) / Cfg::kBlockN, params.n_kv, params.b);
-  auto* kernel = &bwd_kernel<Element, Cfg>;
+  auto* kernel = has_extras(params) ? &bwd_kernel<Element, Cfg, true> : &bwd_kernel<Element, Cfg, false>;
   if constexpr (Cfg::kSmemBytes > 48 * 1024) {
     const cudaError_t err = cudaFuncSetAttribute(
         kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmemBytes);

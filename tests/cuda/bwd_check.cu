@@ -3,7 +3,8 @@
 //   nvcc -std=c++17 -O3 --use_fast_math --expt-relaxed-constexpr \
 //     -gencode arch=compute_90,code=sm_90 -I csrc -I <cutlass>/include \
 //     tests/cuda/bwd_check.cu -o out/bwd_check
-//   out/bwd_check [check|time|quick]   (default: check then time)
+//   out/bwd_check [check|time|quick|timex]   (default: check then time; timex: issue 5's
+//                                       window / packed-document points only)
 //   out/bwd_check variant HDIM BITS     one variant of the defaults (BITS: 1 TMA dQ, 2 late
 //                                       exponentials, 4 rotated start): checks, then times
 //
@@ -58,9 +59,23 @@ __device__ float rnd(float x, bool lowp) {
   return lowp ? static_cast<float>(E(x)) : x;
 }
 
-__device__ bool visible(const BwdParams& p, int i, int j) {
-  return j >= 0 && j < p.s && (p.window_left >= kUnbounded || j >= i - p.window_left) &&
-         (p.window_right >= kUnbounded || j <= i + p.window_right);
+// Offset of (b, n, i, j) in a broadcastable [B|1, N|1, T|1, S|1] array.
+__device__ int64_t pair_at(const int64_t (&st)[4], int b, int n, int i, int j) {
+  return b * st[0] + n * st[1] + i * st[2] + j * st[3];
+}
+
+// Every visibility rule of the "xla" path, written out plainly.
+__device__ bool visible(const BwdParams& p, int b, int n, int i, int j) {
+  const jax_flash::ExtraParams& e = p.extra;
+  if (j < 0 || j >= p.s) return false;
+  if (p.window_left < kUnbounded && j < i - p.window_left) return false;
+  if (p.window_right < kUnbounded && j > i + p.window_right) return false;
+  if (e.q_seqlen && i >= e.q_seqlen[b]) return false;
+  if (e.kv_seqlen && j >= e.kv_seqlen[b]) return false;
+  if (e.q_segment_ids &&
+      e.q_segment_ids[int64_t{b} * p.t + i] != e.kv_segment_ids[int64_t{b} * p.s + j])
+    return false;
+  return !e.mask || e.mask[pair_at(e.mask_stride, b, n, i, j)] != 0;
 }
 
 template <typename E>
@@ -87,7 +102,17 @@ __device__ const E* v_row(const BwdParams& p, int b, int kh, int j) {
   return static_cast<const E*>(p.v) + b * p.v_batch_stride + kh * p.v_head_stride + int64_t{j} * p.v_row_stride;
 }
 
-__device__ float score(float raw, const BwdParams& p) { return raw * p.scale; }
+// logit = softcap * tanh(scale * raw / softcap) + bias; th = the tanh (0 without softcap).
+__device__ float score(float raw, const BwdParams& p, int b, int n, int i, int j, float* th = nullptr) {
+  float x = raw * p.scale, t = 0.f;
+  if (p.extra.softcap != 0.f) {
+    t = tanhf(x / p.extra.softcap);
+    x = p.extra.softcap * t;
+  }
+  if (p.extra.bias) x += p.extra.bias[pair_at(p.extra.bias_stride, b, n, i, j)];
+  if (th) *th = t;
+  return x;
+}
 
 // lse[b,n,i]; delta[b,n,i] = sum(dO * O) with O from this pass.
 template <typename E>
@@ -99,19 +124,21 @@ __global__ void ref_forward(BwdParams p, bool lowp, float* lse, float* delta) {
   const E* q = q_row<E>(p, b, n, i);
   float mx = -INFINITY;
   for (int j = 0; j < p.s; ++j)
-    if (visible(p, i, j)) mx = fmaxf(mx, rnd<E>(score(dot_rows(q, k_row<E>(p, b, kh, j), p.h), p), lowp));
+    if (visible(p, b, n, i, j))
+      mx = fmaxf(mx, rnd<E>(score(dot_rows(q, k_row<E>(p, b, kh, j), p.h), p, b, n, i, j), lowp));
   float l = -INFINITY, dsum = 0.f;
   if (mx != -INFINITY) {
     float sum = 0.f;
     for (int j = 0; j < p.s; ++j)
-      if (visible(p, i, j))
-        sum += expf(rnd<E>(score(dot_rows(q, k_row<E>(p, b, kh, j), p.h), p), lowp) - mx);
+      if (visible(p, b, n, i, j))
+        sum += expf(rnd<E>(score(dot_rows(q, k_row<E>(p, b, kh, j), p.h), p, b, n, i, j), lowp) - mx);
     l = mx + logf(sum);
     float o[256];
     for (int x = 0; x < p.h; ++x) o[x] = 0.f;
     for (int j = 0; j < p.s; ++j) {
-      if (!visible(p, i, j)) continue;
-      const float pr = rnd<E>(expf(rnd<E>(score(dot_rows(q, k_row<E>(p, b, kh, j), p.h), p), lowp) - l), lowp);
+      if (!visible(p, b, n, i, j)) continue;
+      const float pr = rnd<E>(
+          expf(rnd<E>(score(dot_rows(q, k_row<E>(p, b, kh, j), p.h), p, b, n, i, j), lowp) - l), lowp);
       const E* v = v_row<E>(p, b, kh, j);
       for (int x = 0; x < p.h; ++x) o[x] += pr * static_cast<float>(v[x]);
     }
@@ -122,16 +149,34 @@ __global__ void ref_forward(BwdParams p, bool lowp, float* lse, float* delta) {
   delta[row] = dsum;
 }
 
-// P, dS of one (i, j) pair, as the reference computes them.
+// P, dS of one (i, j) pair, as the reference computes them: dlogit = d loss / d logit (what
+// dbias sums) and ds = the gradient to scale * q.k (dlogit * (1 - tanh^2) with softcap).
 template <typename E>
 __device__ void ref_pds(const BwdParams& p, bool lowp, const float* lse, const float* delta,
-                        int b, int n, int i, int j, float& pr, float& ds) {
+                        int b, int n, int i, int j, float& pr, float& ds, float* dlogit = nullptr) {
   const int kh = n / p.group;
   const int64_t row = (int64_t{b} * p.n + n) * p.t + i;
-  const float s = rnd<E>(score(dot_rows(q_row<E>(p, b, n, i), k_row<E>(p, b, kh, j), p.h), p), lowp);
+  float th;
+  const float s = rnd<E>(score(dot_rows(q_row<E>(p, b, n, i), k_row<E>(p, b, kh, j), p.h), p, b, n, i, j, &th), lowp);
   pr = rnd<E>(expf(s - lse[row]), lowp);
   const float dp = rnd<E>(dot_rows(do_row<E>(p, b, n, i), v_row<E>(p, b, kh, j), p.h), lowp);
-  ds = rnd<E>(pr * (dp - delta[row]), lowp);
+  const float dl = pr * (dp - delta[row]);
+  if (dlogit) *dlogit = dl;
+  ds = rnd<E>(dl * (1.f - th * th), lowp);
+}
+
+// dbias (bias's broadcast shape, zeroed): every visible pair adds its dlogit.
+template <typename E>
+__global__ void ref_dbias(BwdParams p, bool lowp, const float* lse, const float* delta, float* dbias) {
+  const int64_t row = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  if (row >= int64_t{p.b} * p.n * p.t) return;
+  const int i = row % p.t, n = (row / p.t) % p.n, b = row / (int64_t{p.t} * p.n);
+  for (int j = 0; j < p.s; ++j) {
+    if (!visible(p, b, n, i, j) || lse[row] == -INFINITY) continue;
+    float pr, ds, dl;
+    ref_pds<E>(p, lowp, lse, delta, b, n, i, j, pr, ds, &dl);
+    atomicAdd(dbias + pair_at(p.extra.bias_stride, b, n, i, j), dl);
+  }
 }
 
 // dq dense [B, T, N, H].
@@ -143,7 +188,7 @@ __global__ void ref_dq(BwdParams p, bool lowp, const float* lse, const float* de
   float acc[256];
   for (int x = 0; x < p.h; ++x) acc[x] = 0.f;
   for (int j = 0; j < p.s; ++j) {
-    if (!visible(p, i, j) || lse[row] == -INFINITY) continue;
+    if (!visible(p, b, n, i, j) || lse[row] == -INFINITY) continue;
     float pr, ds;
     ref_pds<E>(p, lowp, lse, delta, b, n, i, j, pr, ds);
     const E* k = k_row<E>(p, b, n / p.group, j);
@@ -164,7 +209,7 @@ __global__ void ref_dkv(BwdParams p, bool lowp, const float* lse, const float* d
   for (int x = 0; x < p.h; ++x) ak[x] = av[x] = 0.f;
   for (int n = kh * p.group; n < (kh + 1) * p.group; ++n) {
     for (int i = 0; i < p.t; ++i) {
-      if (!visible(p, i, j) || lse[(int64_t{b} * p.n + n) * p.t + i] == -INFINITY) continue;
+      if (!visible(p, b, n, i, j) || lse[(int64_t{b} * p.n + n) * p.t + i] == -INFINITY) continue;
       float pr, ds;
       ref_pds<E>(p, lowp, lse, delta, b, n, i, j, pr, ds);
       const E* q = q_row<E>(p, b, n, i);
@@ -186,11 +231,21 @@ __global__ void ref_dkv(BwdParams p, bool lowp, const float* lse, const float* d
 // ------------------------------------------------------------------------------------
 // Check cases.
 
+// Extra inputs of a case (params.h ExtraParams); none by default.
+struct Extra {
+  bool lengths = false;  // q/kv lengths per batch row: partial, full or past the end, zero
+  int segments = 0;      // 1: contiguous documents of uneven sizes; 2: random ids in {0, 1, 2}
+  int bias = 0;          // 1: [B, N, T, S]; 2: [1, N, T, S]; 3: [B, 1, 1, S]; with dbias
+  bool mask = false;     // [B, 1, T, S], about 70% true
+  float softcap = 0.f;
+};
+
 struct Case {
   const char* name;
   int b, t, s, n, n_kv, h;
   int wl, wr;      // kUnbounded = none
   int row_pad;     // extra elements per row of q/k/v/dO (strided, non-dense layout)
+  Extra x = {};
 };
 
 template <typename E>
@@ -225,6 +280,108 @@ struct ErrStat {
 };
 
 static std::mt19937_64 g_rng(20261121);
+
+// Device copies of host arrays, freed with the owner.
+struct Uploads {
+  std::vector<void*> ptrs;
+  template <typename T>
+  T* operator()(const std::vector<T>& h) {
+    void* d = nullptr;
+    CK(cudaMalloc(&d, std::max<size_t>(h.size(), 1) * sizeof(T)));
+    CK(cudaMemcpy(d, h.data(), h.size() * sizeof(T), cudaMemcpyHostToDevice));
+    ptrs.push_back(d);
+    return static_cast<T*>(d);
+  }
+  ~Uploads() {
+    for (void* d : ptrs) cudaFree(d);
+  }
+};
+
+// Per-chunk (min, max) ids of [rows, len] segment ids, as jax_flash/_cuda.py computes them.
+std::vector<int32_t> chunk_ranges(const std::vector<int32_t>& ids, int rows, int len) {
+  const int chunks = (len + jax_flash::kSegmentChunk - 1) / jax_flash::kSegmentChunk;
+  std::vector<int32_t> r(size_t(rows) * chunks * 2);
+  for (int b = 0; b < rows; ++b)
+    for (int c = 0; c < chunks; ++c) {
+      int lo = INT32_MAX, hi = INT32_MIN;
+      for (int x = c * jax_flash::kSegmentChunk; x < std::min(len, (c + 1) * jax_flash::kSegmentChunk); ++x) {
+        lo = std::min(lo, ids[size_t(b) * len + x]);
+        hi = std::max(hi, ids[size_t(b) * len + x]);
+      }
+      r[(size_t(b) * chunks + c) * 2] = lo;
+      r[(size_t(b) * chunks + c) * 2 + 1] = hi;
+    }
+  return r;
+}
+
+// Fills p.extra (and dbias's size) for the case's extras; arrays live in `up`.
+size_t set_extras(BwdParams& p, const Extra& x, Uploads& up) {
+  jax_flash::ExtraParams& e = p.extra;
+  std::uniform_int_distribution<int> coin(0, 99);
+  if (x.lengths) {
+    std::vector<int32_t> ql(p.b), kl(p.b);
+    for (int b = 0; b < p.b; ++b) {
+      const int kind = b % 3;  // partial; full or past the end; zero rows / one key
+      ql[b] = kind == 0 ? 1 + coin(g_rng) * std::max(p.t - 1, 0) / 100 : kind == 1 ? p.t + 3 : 0;
+      kl[b] = kind == 0 ? 1 + coin(g_rng) * std::max(p.s - 1, 0) / 100 : kind == 1 ? p.s : 1;
+    }
+    e.q_seqlen = up(ql);
+    e.kv_seqlen = up(kl);
+  }
+  if (x.segments) {
+    auto ids = [&](int len) {
+      std::vector<int32_t> v(size_t(p.b) * len);
+      for (int b = 0; b < p.b; ++b) {
+        int doc = 0;
+        for (int i = 0; i < len; ++i) {
+          // Contiguous: about 5 documents per row, cut at random places.
+          if (x.segments == 1 && i > 0 && coin(g_rng) < 500 / std::max(len, 1)) ++doc;
+          v[size_t(b) * len + i] = x.segments == 1 ? doc : coin(g_rng) % 3;
+        }
+      }
+      return v;
+    };
+    auto qs = ids(p.t), ks = ids(p.s);
+    if (x.segments == 1) {  // the same documents on both sides: rescale key ids to query ids
+      for (int b = 0; b < p.b; ++b) {
+        const int qdocs = p.t ? qs[size_t(b) * p.t + p.t - 1] + 1 : 1;
+        const int kdocs = p.s ? ks[size_t(b) * p.s + p.s - 1] + 1 : 1;
+        for (int j = 0; j < p.s; ++j) ks[size_t(b) * p.s + j] = ks[size_t(b) * p.s + j] * qdocs / kdocs;
+      }
+    }
+    e.q_segment_ids = up(qs);
+    e.kv_segment_ids = up(ks);
+    e.q_segment_range = up(chunk_ranges(qs, p.b, p.t));
+    e.kv_segment_range = up(chunk_ranges(ks, p.b, p.s));
+    e.q_chunks = (p.t + jax_flash::kSegmentChunk - 1) / jax_flash::kSegmentChunk;
+    e.kv_chunks = (p.s + jax_flash::kSegmentChunk - 1) / jax_flash::kSegmentChunk;
+  }
+  size_t bias_elems = 0;
+  if (x.bias) {
+    const int bb = x.bias == 2 ? 1 : p.b, bn = x.bias == 3 ? 1 : p.n, bt = x.bias == 3 ? 1 : p.t;
+    bias_elems = size_t(bb) * bn * bt * p.s;
+    std::normal_distribution<float> nd(0.f, 1.f);
+    std::vector<float> h(bias_elems);
+    for (auto& v : h) v = nd(g_rng);
+    e.bias = up(h);
+    e.bias_stride[0] = bb == 1 ? 0 : int64_t{bn} * bt * p.s;
+    e.bias_stride[1] = bn == 1 ? 0 : int64_t{bt} * p.s;
+    e.bias_stride[2] = bt == 1 ? 0 : p.s;
+    e.bias_stride[3] = 1;
+  }
+  if (x.mask) {
+    std::vector<uint8_t> h(size_t(p.b) * p.t * p.s);
+    for (auto& v : h) v = coin(g_rng) < 70;
+    e.mask = up(h);
+    e.mask_stride[0] = int64_t{p.t} * p.s;
+    e.mask_stride[1] = 0;
+    e.mask_stride[2] = p.s;
+    e.mask_stride[3] = 1;
+  }
+  e.softcap = x.softcap;
+  e.per_element = x.bias || x.mask || x.softcap != 0.f;
+  return bias_elems;
+}
 
 // How a check launches the kernel: one tile configuration, or run_bwd's choice for the
 // device (what the JAX extension calls).
@@ -293,6 +450,13 @@ bool run_case(const Case& c, const char* cfg_name) {
   p.dq_batch_stride = int64_t{c.t} * c.n * c.h; p.dq_row_stride = int64_t{c.n} * c.h; p.dq_head_stride = c.h;
   p.dk_batch_stride = int64_t{c.s} * c.n_kv * c.h; p.dk_row_stride = int64_t{c.n_kv} * c.h; p.dk_head_stride = c.h;
   p.dv_batch_stride = p.dk_batch_stride; p.dv_row_stride = p.dk_row_stride; p.dv_head_stride = c.h;
+  Uploads up;
+  const size_t n_db = set_extras(p, c.x, up);
+  DeviceBuf<float> rdb(n_db), ldb(n_db), dbias(n_db);
+  if (n_db) {
+    CK(cudaMemset(rdb.ptr, 0, n_db * sizeof(float)));
+    CK(cudaMemset(ldb.ptr, 0, n_db * sizeof(float)));
+  }
 
   const int thr = 128;
   auto blocks = [&](size_t n) { return unsigned((n + thr - 1) / thr); };
@@ -304,6 +468,10 @@ bool run_case(const Case& c, const char* cfg_name) {
       CK(cudaGetLastError());
       ref_dq<E><<<blocks(rows), thr>>>(p, lowp, l, d, lowp ? ldq.ptr : rdq.ptr);
       CK(cudaGetLastError());
+      if (n_db) {
+        ref_dbias<E><<<blocks(rows), thr>>>(p, lowp, l, d, lowp ? ldb.ptr : rdb.ptr);
+        CK(cudaGetLastError());
+      }
     }
     const size_t kv_rows = size_t(c.b) * c.n_kv * c.s;
     if (kv_rows) {
@@ -313,10 +481,12 @@ bool run_case(const Case& c, const char* cfg_name) {
   }
   p.lse = lse.ptr;
   p.delta = delta.ptr;
+  p.dbias = n_db ? dbias.ptr : nullptr;
 
-  std::vector<float> got_dq[2], got_dk[2], got_dv[2];
+  std::vector<float> got_dq[2], got_dk[2], got_dv[2], got_db(n_db);
   for (int rep = 0; rep < 2; ++rep) {
     CK(cudaMemset(dq_accum.ptr, 0, n_dq * sizeof(float)));
+    if (n_db) CK(cudaMemset(dbias.ptr, 0, n_db * sizeof(float)));
     CK(cudaMemset(dk.ptr, 0xFF, n_dk * sizeof(E)));  // NaN in fp16 and bf16
     CK(cudaMemset(dv.ptr, 0xFF, n_dk * sizeof(E)));
     CK((L::template launch<E>(p, 0)));
@@ -326,6 +496,7 @@ bool run_case(const Case& c, const char* cfg_name) {
     for (auto& x : got_dq[rep]) x = static_cast<float>(E(x));  // the final cast XLA applies
     got_dk[rep] = to_host_float(dk.ptr, n_dk);
     got_dv[rep] = to_host_float(dv.ptr, n_dk);
+    if (n_db) CK(cudaMemcpy(got_db.data(), dbias.ptr, n_db * sizeof(float), cudaMemcpyDeviceToHost));
   }
   auto host = [](const DeviceBuf<float>& b) {
     std::vector<float> h(b.count);
@@ -354,6 +525,7 @@ bool run_case(const Case& c, const char* cfg_name) {
   judge("dq", got_dq[0], h_rdq, h_ldq);
   judge("dk", got_dk[0], h_rdk, h_ldk);
   judge("dv", got_dv[0], h_rdv, h_ldv);
+  if (n_db) judge("db", got_db, host(rdb), host(ldb));
   const bool same_kv = std::memcmp(got_dk[0].data(), got_dk[1].data(), n_dk * sizeof(float)) == 0 &&
                        std::memcmp(got_dv[0].data(), got_dv[1].data(), n_dk * sizeof(float)) == 0;
   double dq_rep = 0;
@@ -410,6 +582,45 @@ int run_cases(const char* cfg_name, bool quick) {
   return fails;
 }
 
+// Extras (lengths, segments, bias + dbias, mask, softcap), alone and combined with windows,
+// GQA and odd sizes. Each runs the extras kernel; the dense cases above run the other.
+template <typename E, typename L>
+int run_extra_cases(const char* cfg_name, bool quick) {
+  constexpr int H = L::kHeadDim;
+  Extra len, seg, rseg, bias, bias_b, bias_s, mask, cap, all;
+  len.lengths = true;
+  seg.segments = 1;
+  rseg.segments = 2;
+  rseg.lengths = true;
+  bias.bias = 1;
+  bias_b.bias = 2;
+  bias_s.bias = 3;
+  mask.mask = true;
+  cap.softcap = 5.f;
+  all = {true, 1, 2, true, 5.f};
+  const std::vector<Case> cases = {
+      {"lengths", 3, 300, 333, 2, 1, H, U, U, 0, len},
+      {"lengths causal", 3, 257, 200, 2, 2, H, U, 0, 0, len},
+      {"segments causal", 2, 512, 512, 2, 1, H, U, 0, 0, seg},
+      {"segments T!=S window", 2, 300, 467, 2, 2, H, 64, 32, 0, seg},
+      {"random segs + lengths", 3, 200, 190, 2, 2, H, U, U, 0, rseg},
+      {"bias [B,N,T,S] window", 2, 200, 300, 2, 1, H, 50, 20, 0, bias},
+      {"bias [1,N,T,S] causal", 3, 160, 160, 2, 2, H, U, 0, 0, bias_b},
+      {"bias [B,1,1,S] gqa", 2, 130, 250, 4, 2, H, U, U, 0, bias_s},
+      {"mask causal", 2, 300, 300, 2, 1, H, U, 0, 0, mask},
+      {"softcap", 2, 256, 200, 2, 2, H, U, U, 0, cap},
+      {"all extras gqa window", 3, 333, 300, 4, 2, H - 8, 100, 50, 8, all},
+  };
+  int fails = 0;
+  for (size_t x = 0; x < cases.size(); ++x) {
+    if (quick && x != 2 && x != 10) continue;
+    fails += !run_case<E, L>(cases[x], cfg_name);
+  }
+  std::printf("CHECKCFG %s extras %s hdim %d: %d failing\n", cfg_name,
+              std::is_same_v<E, bf16> ? "bf16" : "fp16", H, fails);
+  return fails;
+}
+
 // ------------------------------------------------------------------------------------
 // Timing at the benchmark shapes.
 
@@ -448,9 +659,9 @@ void time_config(const char* cfg_name, const std::vector<int>& seqlens, bool onc
   for (bf16* ptr : {q, k, v, dout}) fill_normal_bf16<<<1024, 256>>>(ptr, elems, seed++);
   CK(cudaMemset(dq, 0, elems * sizeof(float)));
   int ctas = 0;
-  CK(cudaFuncSetAttribute(jax_flash::sm80::bwd::bwd_kernel<bf16, Cfg>,
+  CK(cudaFuncSetAttribute(jax_flash::sm80::bwd::bwd_kernel<bf16, Cfg, false>,
                           cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmemBytes));
-  CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&ctas, jax_flash::sm80::bwd::bwd_kernel<bf16, Cfg>,
+  CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&ctas, jax_flash::sm80::bwd::bwd_kernel<bf16, Cfg, false>,
                                                    Cfg::kThreads, Cfg::kSmemBytes));
   std::printf("config %s: %d threads, %d B smem, %d CTA(s)/SM\n", cfg_name, Cfg::kThreads,
               Cfg::kSmemBytes, ctas);
@@ -498,6 +709,86 @@ void time_config(const char* cfg_name, const std::vector<int>& seqlens, bool onc
                   cfg_name, H, t, causal ? "causal" : "noncausal", ms[2], flops / (ms[2] * 1e-3) / 1e12,
                   100.0 * (ms[4] - ms[0]) / ms[2]);
     }
+  }
+  for (void* ptr : {(void*)q, (void*)k, (void*)v, (void*)dout, (void*)dk, (void*)dv, (void*)dq,
+                    (void*)lse, (void*)delta})
+    CK(cudaFree(ptr));
+  CK(cudaEventDestroy(e0));
+  CK(cudaEventDestroy(e1));
+}
+
+// Issue 5's performance points (hdim 128, seqlen 16k, 16 heads): a sliding window of 1024
+// keys and 8 packed documents of 2k, against dense, in TFLOP/s over the visible pairs.
+void time_extras() {
+  constexpr int H = 128;
+  const int t = 16384, n = 2048 / H;
+  const size_t elems = size_t(t) * n * H;
+  bf16 *q, *k, *v, *dout, *dk, *dv;
+  float *dq, *lse, *delta;
+  for (bf16** ptr : {&q, &k, &v, &dout, &dk, &dv}) CK(cudaMalloc(ptr, elems * sizeof(bf16)));
+  CK(cudaMalloc(&dq, elems * sizeof(float)));
+  CK(cudaMalloc(&lse, size_t(t) * n * sizeof(float)));
+  CK(cudaMalloc(&delta, size_t(t) * n * sizeof(float)));
+  uint64_t seed = 7;
+  for (bf16* ptr : {q, k, v, dout}) fill_normal_bf16<<<1024, 256>>>(ptr, elems, seed++);
+  fill_stats<<<256, 256>>>(lse, delta, n * t, t, 2048, false);
+  CK(cudaMemset(dq, 0, elems * sizeof(float)));
+  std::vector<int32_t> ids(t);
+  for (int i = 0; i < t; ++i) ids[i] = i / 2048;
+  Uploads up;
+  const int32_t* seg = up(ids);
+  const int32_t* range = up(chunk_ranges(ids, 1, t));
+  cudaEvent_t e0, e1;
+  CK(cudaEventCreate(&e0));
+  CK(cudaEventCreate(&e1));
+  struct Point { const char* name; int wl, wr; bool segments; double pairs; };
+  const double tt = double(t) * t;
+  const Point points[] = {
+      {"dense", U, U, false, tt},
+      {"dense causal", U, 0, false, tt / 2},
+      {"window 1024 (1023, 0)", 1023, 0, false, 1024.0 * t - 1023.0 * 1024 / 2},
+      {"8 docs of 2k", U, U, true, tt / 8},
+      {"8 docs of 2k causal", U, 0, true, tt / 16},
+  };
+  for (const Point& pt : points) {
+    BwdParams p{};
+    p.q = q; p.k = k; p.v = v; p.dout = dout; p.dq_accum = dq; p.dk = dk; p.dv = dv;
+    p.lse = lse; p.delta = delta;
+    const int64_t rs = int64_t{n} * H;
+    p.q_batch_stride = p.k_batch_stride = p.v_batch_stride = p.do_batch_stride = t * rs;
+    p.dq_batch_stride = p.dk_batch_stride = p.dv_batch_stride = t * rs;
+    p.q_row_stride = p.k_row_stride = p.v_row_stride = p.do_row_stride = rs;
+    p.dq_row_stride = p.dk_row_stride = p.dv_row_stride = rs;
+    p.q_head_stride = p.k_head_stride = p.v_head_stride = p.do_head_stride = H;
+    p.dq_head_stride = p.dk_head_stride = p.dv_head_stride = H;
+    p.b = 1; p.t = t; p.s = t; p.n = n; p.n_kv = n; p.h = H; p.hv = H; p.group = 1;
+    p.scale = 1.f / std::sqrt(float(H));
+    p.scale_log2 = p.scale * 1.4426950408889634f;
+    p.window_left = pt.wl;
+    p.window_right = pt.wr;
+    p.is_causal = pt.wl == U && pt.wr == 0;
+    p.dtype = jax_flash::DType::kBFloat16;
+    if (pt.segments) {
+      p.extra.q_segment_ids = p.extra.kv_segment_ids = seg;
+      p.extra.q_segment_range = p.extra.kv_segment_range = range;
+      p.extra.q_chunks = p.extra.kv_chunks = t / jax_flash::kSegmentChunk;
+    }
+    for (int w = 0; w < 2; ++w) CK((run_bwd<bf16, H>(p, 0)));
+    CK(cudaDeviceSynchronize());
+    std::vector<float> ms;
+    for (int rep = 0; rep < 5; ++rep) {
+      CK(cudaEventRecord(e0));
+      for (int it = 0; it < 10; ++it) CK((run_bwd<bf16, H>(p, 0)));
+      CK(cudaEventRecord(e1));
+      CK(cudaEventSynchronize(e1));
+      float elapsed;
+      CK(cudaEventElapsedTime(&elapsed, e0, e1));
+      ms.push_back(elapsed / 10);
+    }
+    std::sort(ms.begin(), ms.end());
+    const double flops = 10.0 * n * pt.pairs * H;
+    std::printf("TIMEX hdim %d seqlen %d %-24s %8.3f ms %6.1f TFLOP/s over visible pairs\n", H, t,
+                pt.name, ms[2], flops / (ms[2] * 1e-3) / 1e12);
   }
   for (void* ptr : {(void*)q, (void*)k, (void*)v, (void*)dout, (void*)dk, (void*)dv, (void*)dq,
                     (void*)lse, (void*)delta})
@@ -560,10 +851,15 @@ int main(int argc, char** argv) {
     fails += run_cases<bf16, ByDispatch<256>>("dispatch", quick);
     fails += run_cases<bf16, ByConfig<BwdTraits<64>::Config>>("portable", quick);
     fails += run_cases<bf16, ByConfig<BwdTraits<128>::Config>>("portable", quick);
+    fails += run_extra_cases<bf16, ByDispatch<64>>("dispatch", quick);
+    fails += run_extra_cases<bf16, ByDispatch<128>>("dispatch", quick);
+    fails += run_extra_cases<bf16, ByDispatch<256>>("dispatch", quick);
+    fails += run_extra_cases<bf16, ByConfig<BwdTraits<128>::Config>>("portable", quick);
     if (!quick) {
       fails += run_cases<fp16, ByDispatch<64>>("dispatch", true);
       fails += run_cases<fp16, ByDispatch<128>>("dispatch", true);
       fails += run_cases<fp16, ByDispatch<256>>("dispatch", true);
+      fails += run_extra_cases<fp16, ByDispatch<128>>("dispatch", true);
       fails += run_cases<bf16, ByConfig<H64_M64>>("h64 Br64", true);
     }
     std::printf("CHECK %s: %d failing cases\n", fails ? "FAILED" : "passed", fails);
@@ -582,6 +878,7 @@ int main(int argc, char** argv) {
     time_config<BwdTraits<128>::Sm90Config>("h128 sm90 default", seqlens);
     time_config<BwdTraits<256>::Config>("h256 default 64x64", {1024, 4096, 16384});
   }
+  if (mode == "all" || mode == "time" || mode == "timex") time_extras();
   if (mode == "profile") {  // one shape per head dim, for ncu
     time_config<BwdTraits<128>::Sm90Config>("h128 sm90 default", {16384}, true);
     time_config<BwdTraits<64>::Sm90Config>("h64 sm90 default", {16384}, true);
