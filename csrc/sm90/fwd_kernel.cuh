@@ -46,7 +46,9 @@
 
 namespace jax_flash::sm90 {
 
-template <class Traits>
+// kExtras: the call has lengths, segment ids, bias, mask or softcap (params.h ExtraParams);
+// a separate instantiation, so calls without them run the code they ran before extras existed.
+template <class Traits, bool kExtras>
 __global__ void __launch_bounds__(Traits::kNThreads, 1)
     fwd_kernel(const __grid_constant__ KernelParams<Traits> kp) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ == 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -61,7 +63,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   auto& st = *reinterpret_cast<typename Traits::SharedStorage*>(smem);
   const FwdParams& p = kp.fwd;
   const int warp_group = __shfl_sync(0xffffffffu, threadIdx.x / 128, 0);  // warp-uniform
-  const TileScheduler sched{kp.num_m_blocks, p.n, kp.num_m_blocks * p.b * p.n, kp.heavy_first};
+  const TileScheduler sched{kp.num_m_blocks, p.n, kp.num_m_blocks * p.b * p.n, kp.section};
 
   if (threadIdx.x == 0) {
     Barrier::init(&st.q_full, 1);
@@ -80,17 +82,27 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   if (warp_group == 0) {
     // ---- producer ----
     cutlass::arch::warpgroup_reg_dealloc<Traits::kProducerRegs>();
-    if (threadIdx.x / 32 == 0 && cute::elect_one_sync()) {
-      prefetch_tma_descriptor(kp.tma_q.get_tma_descriptor());
-      prefetch_tma_descriptor(kp.tma_k.get_tma_descriptor());
-      prefetch_tma_descriptor(kp.tma_vt.get_tma_descriptor());
+    // One thread issues every load; with extras its whole warp walks the tiles, as the key
+    // blocks' next() is warp-collective (scheduler.cuh ExtraKeyBlocks), and lane 0 issues.
+    if (threadIdx.x / 32 == 0 && (kExtras || cute::elect_one_sync())) {
+      if (!kExtras || threadIdx.x == 0) {
+        prefetch_tma_descriptor(kp.tma_q.get_tma_descriptor());
+        prefetch_tma_descriptor(kp.tma_k.get_tma_descriptor());
+        prefetch_tma_descriptor(kp.tma_vt.get_tma_descriptor());
+      }
       Pipe k_write, v_write;
       int q_iter = 0;
       for (int linear = blockIdx.x; linear < sched.num_tiles; linear += gridDim.x) {
         const Tile tile = sched.tile(linear);
-        const KeyBlocks blocks = key_blocks<kBlockM, kBlockN>(p, tile.m_block);
-        if (blocks.empty()) continue;
-        Mainloop::load(kp, st, tile, blocks, k_write, v_write, q_iter);
+        if constexpr (kExtras) {
+          const ExtraKeyBlocks<kBlockM, kBlockN> blocks(p, tile.m_block, tile.batch, tile.head);
+          if (blocks.empty()) continue;
+          Mainloop::load(kp, st, tile, blocks, k_write, v_write, q_iter);
+        } else {
+          const KeyBlocks blocks = key_blocks<kBlockM, kBlockN>(p, tile.m_block);
+          if (blocks.empty()) continue;
+          Mainloop::load(kp, st, tile, blocks, k_write, v_write, q_iter);
+        }
         ++q_iter;
       }
     }
@@ -107,23 +119,45 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
     int q_iter = 0;
     for (int linear = blockIdx.x; linear < sched.num_tiles; linear += gridDim.x) {
       const Tile tile = sched.tile(linear);
-      const KeyBlocks blocks = key_blocks<kBlockM, kBlockN>(p, tile.m_block);
       Tensor acc_o = partition_fragment_C(mma_pv, Shape<Int<kBlockM>, Int<kHeadDim>>{});
       clear(acc_o);
       Tensor o_rc = acc_rowcol(acc_o);
       constexpr int kRows = decltype(size<0>(o_rc))::value;
       OnlineSoftmax<kRows> softmax;
-      if (!blocks.empty()) {
-        Mainloop::compute(kp, st, tile, blocks, k_read, v_read, q_iter, pingpong, ctid, acc_o,
-                          softmax);
-        ++q_iter;
-      }
-      // Tiles whose rows see no key at all keep O = 0 and get lse = -inf here.
+      Tensor o_coord = thr_pv.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kHeadDim>>{}));
+      const int row0 = tile.m_block * kBlockM;
       float lse[kRows];
-      softmax.finalize(o_rc, scale, lse);
-      store_output<typename Traits::Element>(
-          p, acc_o, thr_pv.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kHeadDim>>{})),
-          lse, tile.m_block * kBlockM, tile.batch, tile.head);
+      if constexpr (kExtras) {
+        const ExtraKeyBlocks<kBlockM, kBlockN> blocks(p, tile.m_block, tile.batch, tile.head);
+        if (!blocks.empty()) {
+          Mainloop::compute(kp, st, tile, blocks, k_read, v_read, q_iter, pingpong, ctid, acc_o,
+                            softmax);
+          ++q_iter;
+        }
+        // With bias or softcap the row offsets are natural-unit logits (scale 1).
+        softmax.finalize(o_rc, blocks.ext.transforms() ? 1.f : scale, lse);
+        // Rows past q_seqlen see nothing: O = 0, lse = -inf (the mainloop left them unmasked).
+        Tensor c_rc = acc_rowcol(o_coord);
+        CUTE_UNROLL
+        for (int i = 0; i < kRows; ++i) {
+          if (row0 + get<0>(c_rc(i, 0)) >= blocks.ext.valid_rows) {
+            lse[i] = -INFINITY;
+            CUTE_UNROLL
+            for (int j = 0; j < size<1>(o_rc); ++j) o_rc(i, j) = 0.f;
+          }
+        }
+      } else {
+        const KeyBlocks blocks = key_blocks<kBlockM, kBlockN>(p, tile.m_block);
+        if (!blocks.empty()) {
+          Mainloop::compute(kp, st, tile, blocks, k_read, v_read, q_iter, pingpong, ctid, acc_o,
+                            softmax);
+          ++q_iter;
+        }
+        // Tiles whose rows see no key at all keep O = 0 and get lse = -inf here.
+        softmax.finalize(o_rc, scale, lse);
+      }
+      store_output<typename Traits::Element>(p, acc_o, o_coord, lse, row0, tile.batch,
+                                             tile.head);
     }
   }
 #elif defined(__CUDA_ARCH__)

@@ -6,6 +6,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 
@@ -48,12 +49,41 @@ __global__ void fwd_empty_rows_kernel(const __grid_constant__ FwdParams p) {
   }
 }
 
+// Any extra that changes what a row sees or how its logits are formed: the kExtras kernel.
+inline bool has_extras(const ExtraParams& e) {
+  return e.q_seqlen || e.kv_seqlen || e.q_segment_ids || e.per_element || e.bias || e.mask ||
+         e.softcap != 0.f;
+}
+
+// The extras' own consistency: segment ids come with their per-chunk ranges on both sides.
+inline bool extras_valid(const AttnParams& p) {
+  const ExtraParams& e = p.extra;
+  if (!e.q_segment_ids && !e.kv_segment_ids) return true;
+  return e.q_segment_ids && e.kv_segment_ids && e.q_segment_range && e.kv_segment_range &&
+         e.q_chunks == (p.t + kSegmentChunk - 1) / kSegmentChunk &&
+         e.kv_chunks == (p.s + kSegmentChunk - 1) / kSegmentChunk;
+}
+
+// The tile order (scheduler.cuh): rows fastest unless the work per q-block grows along the
+// sequence; then heavy first, in sections of (batch, head) pairs whose K and V together take at
+// most kSectionBytes, so the K/V that the running CTAs read stays in L2 (50 MB on H100).
+inline int tile_section(const AttnParams& p, int64_t kv_bytes_per_row) {
+  constexpr int64_t kSectionBytes = int64_t(32) << 20;
+  if (!heavy_first_order(p)) return 0;
+  const int64_t num_bh = int64_t(p.b) * p.n;
+  // GQA: the `group` query heads next to each other read one K/V head.
+  const int64_t bytes_per_bh = std::max<int64_t>(int64_t(p.s) * kv_bytes_per_row / p.group, 1);
+  return int(std::clamp<int64_t>(kSectionBytes / bytes_per_bh, 1, num_bh));
+}
+
+// section: the tile order (scheduler.cuh), or -1 for tile_section()'s choice.
 template <class Traits>
-cudaError_t launch_fwd(const FwdParams& p, cudaStream_t stream, bool heavy_first) {
+cudaError_t launch_fwd(const FwdParams& p, cudaStream_t stream, int section) {
   using Element = typename Traits::Element;
   if (p.h <= 0 || p.h % 8 != 0 || p.h > Traits::kHeadDim || p.hv != p.h || p.b < 0 || p.t < 0 ||
       p.s < 0 || p.n <= 0 || p.n_kv <= 0 || p.group <= 0 || p.n != p.n_kv * p.group ||
-      p.window_left < 0 || p.window_right < 0) {
+      p.window_left < 0 || p.window_right < 0 || !extras_valid(p) ||
+      !(p.extra.softcap >= 0.f && p.extra.softcap < INFINITY)) {
     return cudaErrorInvalidValue;
   }
   if (p.b == 0 || p.t == 0) return cudaSuccess;
@@ -87,9 +117,10 @@ cudaError_t launch_fwd(const FwdParams& p, cudaStream_t stream, bool heavy_first
                           make_stride(_1{}, p.v_row_stride, p.v_head_stride, p.v_batch_stride)),
       p,
       int(num_m_blocks),
-      heavy_first};
+      section >= 0 ? int(std::min<int64_t>(section, int64_t(p.b) * p.n))
+                   : tile_section(p, int64_t(2) * p.h * sizeof(Element))};
 
-  auto kernel = &fwd_kernel<Traits>;
+  auto kernel = has_extras(p.extra) ? &fwd_kernel<Traits, true> : &fwd_kernel<Traits, false>;
   constexpr int kSmem = Traits::kSmemBytes;
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
   if (err != cudaSuccess) return err;
@@ -101,7 +132,7 @@ cudaError_t launch_fwd(const FwdParams& p, cudaStream_t stream, bool heavy_first
 template <typename Element, int kHeadDim>
 cudaError_t run_fwd(const FwdParams& params, cudaStream_t stream) {
   using Traits = typename FwdDefaultTraits<Element, kHeadDim>::type;
-  return launch_fwd<Traits>(params, stream, heavy_first_order(params));
+  return launch_fwd<Traits>(params, stream, -1);
 }
 
 }  // namespace jax_flash::sm90

@@ -46,9 +46,12 @@ struct FwdMainloop {
   static constexpr int kRows = 2;  // query rows per thread in a 64-row wgmma accumulator
   using Pipe = PipeState<kStages>;
 
-  // ---- producer: issue one tile's loads (called by a single thread) ----
+  // ---- producer: issue one tile's loads ----
+  // Blocks: KeyBlocks (called by a single thread) or ExtraKeyBlocks (called by a whole warp,
+  // whose next() is warp-collective; lane 0 issues); the loads follow blocks.next().
+  template <class Blocks>
   static __device__ __forceinline__ void load(const Params& kp, Storage& st, const Tile& tile,
-                                              const KeyBlocks& blocks, Pipe& k_write,
+                                              const Blocks& blocks, Pipe& k_write,
                                               Pipe& v_write, int q_iter) {
     using namespace cute;
     const FwdParams& p = kp.fwd;
@@ -80,36 +83,45 @@ struct FwdMainloop {
     Tensor tVgV = get<0>(v_part);  // (TMA, blocks)
     Tensor tVsV = get<1>(v_part);  // (TMA, stages)
 
+    const bool leader = std::is_same_v<Blocks, KeyBlocks> || threadIdx.x % 32 == 0;
     auto load_k = [&](int n) {
       Barrier::wait(&st.k_empty[k_write.index], k_write.phase ^ 1u);
-      TxBarrier::arrive_and_expect_tx(&st.k_full[k_write.index], Traits::kKVBytes);
-      copy(kp.tma_k.with(st.k_full[k_write.index]), tKgK(_, n), tKsK(_, k_write.index));
+      if (leader) {
+        TxBarrier::arrive_and_expect_tx(&st.k_full[k_write.index], Traits::kKVBytes);
+        copy(kp.tma_k.with(st.k_full[k_write.index]), tKgK(_, n), tKsK(_, k_write.index));
+      }
       k_write.advance();
     };
     auto load_v = [&](int n) {
       Barrier::wait(&st.v_empty[v_write.index], v_write.phase ^ 1u);
-      TxBarrier::arrive_and_expect_tx(&st.v_full[v_write.index], Traits::kKVBytes);
-      copy(kp.tma_vt.with(st.v_full[v_write.index]), tVgV(_, n), tVsV(_, v_write.index));
+      if (leader) {
+        TxBarrier::arrive_and_expect_tx(&st.v_full[v_write.index], Traits::kKVBytes);
+        copy(kp.tma_vt.with(st.v_full[v_write.index]), tVgV(_, n), tVsV(_, v_write.index));
+      }
       v_write.advance();
     };
 
     load_k(blocks.n_hi);
     // The previous tile's consumers are done with Q once their last S product completed.
     Barrier::wait(&st.q_empty, (q_iter & 1) ^ 1);
-    TxBarrier::arrive_and_expect_tx(&st.q_full, Traits::kQBytes);
-    copy(kp.tma_q.with(st.q_full), get<0>(q_part), get<1>(q_part));
-    for (int n = blocks.n_hi - 1; n >= blocks.n_lo; --n) {
-      load_k(n);
-      load_v(n + 1);
+    if (leader) {
+      TxBarrier::arrive_and_expect_tx(&st.q_full, Traits::kQBytes);
+      copy(kp.tma_q.with(st.q_full), get<0>(q_part), get<1>(q_part));
     }
-    load_v(blocks.n_lo);
+    int prev = blocks.n_hi;
+    for (int n = blocks.next(prev); n >= blocks.n_lo; n = blocks.next(n)) {
+      load_k(n);
+      load_v(prev);
+      prev = n;
+    }
+    load_v(prev);
   }
 
   // ---- consumers: one tile's products and softmax (called by all 256 consumer threads) ----
   // acc_o (zeroed by the caller) receives the unnormalized O; softmax the row statistics.
-  template <class AccO, class Softmax>
+  template <class Blocks, class AccO, class Softmax>
   static __device__ __forceinline__ void compute(const Params& kp, Storage& st, const Tile& tile,
-                                                 const KeyBlocks& blocks, Pipe& k_read,
+                                                 const Blocks& blocks, Pipe& k_read,
                                                  Pipe& v_read, int q_iter,
                                                  const PingPong<Traits::kPingPong>& pingpong,
                                                  int ctid, AccO& acc_o, Softmax& softmax) {
@@ -139,16 +151,28 @@ struct FwdMainloop {
     const int row0 = tile.m_block * kBlockM;
     const Window window{p.window_left, p.window_right};
     // |scale| with a floor that keeps 0 * inf out of masked scores; a negative scale negates S.
-    const float scale_log2 = fmaxf(fabsf(p.scale_log2), FLT_MIN);
+    float scale_log2 = fmaxf(fabsf(p.scale_log2), FLT_MIN);
     const bool negate = p.scale < 0.f;
+    constexpr bool kExtras = !std::is_same_v<Blocks, KeyBlocks>;
+    if constexpr (kExtras) {
+      // Logits in natural units (extras_tile): base-2 softmax with scale 1.
+      if (blocks.ext.transforms()) scale_log2 = float(M_LOG2E);
+    }
 
     // Masked scores -> probabilities in s_rc; true when O must be rescaled by `factor`.
+    // masked: std::true_type / std::false_type for the window mask or none; a bool (extras
+    // kernel) for the element path of extras_tile or none.
     auto softmax_step = [&](int n, auto masked, float (&factor)[kRows]) __attribute__((always_inline)) {
       if (negate) {
         CUTE_UNROLL
         for (int i = 0; i < size(acc_s); ++i) acc_s(i) = -acc_s(i);
       }
-      if constexpr (decltype(masked)::value) {
+      if constexpr (kExtras) {
+        if (masked) {
+          extras_tile(s_rc, s_coord, row0, n * kBlockN, window, blocks.ext,
+                      fmaxf(fabsf(p.scale), FLT_MIN));
+        }
+      } else if constexpr (decltype(masked)::value) {
         mask_tile(s_rc, s_coord, row0, n * kBlockN, window, p.s);
       }
       return softmax.update(s_rc, scale_log2, factor);
@@ -162,17 +186,24 @@ struct FwdMainloop {
       wgmma_wait<0>(acc_s);
       release(st.k_empty, k_read);
       float factor[kRows];
-      softmax_step(blocks.n_hi, std::true_type{}, factor);
+      if constexpr (kExtras) {
+        softmax_step(blocks.n_hi, blocks.element(blocks.n_hi), factor);
+      } else {
+        softmax_step(blocks.n_hi, std::true_type{}, factor);
+      }
       convert_fragment(acc_s, p16);
     }
 
-    auto step = [&](int n, auto masked) __attribute__((always_inline)) {
+    // after_issue runs while this warpgroup's products are in flight (the extras kernel finds
+    // its next block there).
+    auto step = [&](int n, auto masked, auto after_issue) __attribute__((always_inline)) {
       wait_full(st.k_full, k_read);
       wait_full(st.v_full, v_read);
       pingpong.wait_turn();
       wgmma_issue<true>(mma_qk, tSrQ, tSrK(_, _, _, k_read.index), acc_s);
       wgmma_issue<false>(mma_pv, p_a, tOrV(_, _, _, v_read.index), acc_o);
       pingpong.pass_turn();
+      after_issue();
       wgmma_wait<1>(acc_s);
       release(st.k_empty, k_read);
       float factor[kRows];
@@ -191,10 +222,27 @@ struct FwdMainloop {
 
     // Separate instantiations for masked and unmasked blocks: the element mask costs a
     // compare and select per score, and most blocks of long rows need none.
-    int n = blocks.n_hi - 1;
-    for (; n >= blocks.n_lo && n > blocks.unmasked_hi; --n) step(n, std::true_type{});
-    for (; n >= blocks.n_lo && n >= blocks.unmasked_lo; --n) step(n, std::false_type{});
-    for (; n >= blocks.n_lo; --n) step(n, std::true_type{});
+    if constexpr (kExtras) {
+      // One instantiation; the block decides at run time whether it takes the element path.
+      int n = blocks.next(blocks.n_hi);
+      bool element = n >= blocks.n_lo && blocks.element(n);
+      while (n >= blocks.n_lo) {
+        int following = n;
+        bool following_element = false;
+        step(n, element, [&]() {
+          following = blocks.next(n);
+          following_element = following >= blocks.n_lo && blocks.element(following);
+        });
+        n = following;
+        element = following_element;
+      }
+    } else {
+      auto nothing = []() {};
+      int n = blocks.n_hi - 1;
+      for (; n >= blocks.n_lo && n > blocks.unmasked_hi; --n) step(n, std::true_type{}, nothing);
+      for (; n >= blocks.n_lo && n >= blocks.unmasked_lo; --n) step(n, std::false_type{}, nothing);
+      for (; n >= blocks.n_lo; --n) step(n, std::true_type{}, nothing);
+    }
 
     // Every S product of this warp has completed: Q may be overwritten.
     if (threadIdx.x % 32 == 0) Barrier::arrive(&st.q_empty);

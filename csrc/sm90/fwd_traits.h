@@ -30,8 +30,14 @@ constexpr auto qk_mma_atom() {
     } else {
       return SM90::GMMA::MMA_64x80x16_F32BF16BF16_SS<GMMA::Major::K, GMMA::Major::K>{};
     }
+  } else if constexpr (kBlockN == 176) {
+    if constexpr (kHalf) {
+      return SM90::GMMA::MMA_64x176x16_F32F16F16_SS<GMMA::Major::K, GMMA::Major::K>{};
+    } else {
+      return SM90::GMMA::MMA_64x176x16_F32BF16BF16_SS<GMMA::Major::K, GMMA::Major::K>{};
+    }
   } else {
-    static_assert(kBlockN % 64 == 0, "kBlockN: 80 or a multiple of 64");
+    static_assert(kBlockN % 64 == 0, "kBlockN: 80, 176 or a multiple of 64");
     return GMMA::ss_op_selector<Element, Element, float, Shape<_64, Int<kBlockN>, _16>>();
   }
 }
@@ -139,7 +145,7 @@ struct KernelParams {
   typename Traits::TmaVt tma_vt;
   FwdParams fwd;
   int num_m_blocks;
-  bool heavy_first;  // tile order, see scheduler.cuh
+  int section;  // tile order, see scheduler.cuh
 };
 
 // Default tiles per head dim (fp16 and bf16 alike). Not tuned on a GPU yet: FlashAttention-3's

@@ -4,14 +4,19 @@
 // multiprocessor; CTA c takes tiles c, c + gridDim.x, c + 2 gridDim.x, ... of a fixed order, so
 // the producer and consumer warpgroups walk the same sequence without talking to each other.
 //
-// Orders:
-//   rows fastest   consecutive tiles are consecutive q-blocks of one (batch, head): the CTAs
-//                  running together share that head's K/V in L2. For windows whose work does
-//                  not grow along the sequence (non-causal, sliding).
-//   heavy first    each q-block of every (batch, head), last q-block first: when the work per
-//                  q-block grows with its index (causal, right-bounded windows), the longest
-//                  tiles start in the first wave and the last wave holds the shortest ones.
+// Orders (section = 0 or the number of (batch, head) pairs per section):
+//   rows fastest   (section 0) consecutive tiles are consecutive q-blocks of one (batch, head):
+//                  the CTAs running together share that head's K/V in L2. For windows whose work
+//                  does not grow along the sequence (non-causal, sliding).
+//   heavy first    (section > 0) the (batch, head) pairs are cut into sections of `section`
+//                  pairs; within a section, each q-block of every pair, last q-block first.
+//                  When the work per q-block grows with its index (causal, right-bounded
+//                  windows), the longest tiles start first and the last wave holds the shortest
+//                  ones; the section keeps the K/V that the running CTAs read few enough to stay
+//                  in L2 (section = every pair: 132 CTAs on 132 heads' K/V at once).
 #pragma once
+
+#include <cute/config.hpp>
 
 #include "common/mask.h"
 #include "common/util.cuh"
@@ -29,14 +34,18 @@ struct TileScheduler {
   int num_m_blocks;
   int num_heads;
   int num_tiles;  // num_m_blocks * batch * heads, < 2^31 - 2^16 (checked on the host)
-  bool heavy_first;
+  int section;    // 0: rows fastest; else heavy first in sections of this many (batch, head)
 
   __device__ __forceinline__ Tile tile(int linear) const {
     int m_block, bh;
-    if (heavy_first) {
+    if (section > 0) {
       const int num_bh = num_tiles / num_m_blocks;
-      bh = linear % num_bh;
-      m_block = num_m_blocks - 1 - linear / num_bh;
+      const int section_tiles = section * num_m_blocks;
+      const int first_bh = linear / section_tiles * section;
+      const int in_section = linear - first_bh * num_m_blocks;
+      const int width = min(section, num_bh - first_bh);  // the last section may be narrower
+      bh = first_bh + in_section % width;
+      m_block = num_m_blocks - 1 - in_section / width;
     } else {
       m_block = linear % num_m_blocks;
       bh = linear / num_m_blocks;
@@ -53,10 +62,13 @@ inline bool heavy_first_order(const AttnParams& p) {
 // The key blocks (of kBlockN keys) a tile visits, walked from n_hi down to n_lo. Blocks in
 // [unmasked_lo, unmasked_hi] are visible to every row of the tile and inside [0, S): no
 // element mask. That range may be empty (unmasked_lo > unmasked_hi).
+// The producer and the consumers walk the same sequence n_hi, next(n_hi), next(next(n_hi)), ...
+// while n >= n_lo; here every block of the range is visited.
 struct KeyBlocks {
   int n_lo, n_hi;
   int unmasked_lo, unmasked_hi;
   __device__ __forceinline__ bool empty() const { return n_lo > n_hi; }
+  __device__ __forceinline__ int next(int n) const { return n - 1; }
 };
 
 template <int kBlockM, int kBlockN>
@@ -70,5 +82,84 @@ __device__ __forceinline__ KeyBlocks key_blocks(const AttnParams& p, int m_block
   return KeyBlocks{keys.lo / kBlockN, ceil_div(keys.hi, kBlockN) - 1, ceil_div(all.lo, kBlockN),
                    all.hi / kBlockN - 1};
 }
+
+// The key blocks of one tile under extras (mask.h Extras): the range comes from the rows below
+// valid_rows and the keys below valid_keys; with segment ids, a block is visited only if one of
+// its 16-key chunks has an id range that meets the tile's row id range (both sides call next(),
+// so they agree on the sequence). Rows >= valid_rows are left to the epilogue (O = 0,
+// lse = -inf), so they never force the element path.
+// Warp-collective: every lane of a warp constructs it and calls next() with the same values
+// (each lane tests one of 32 blocks, a ballot picks the highest hit), so skipping a long run of
+// other documents' blocks costs one round of loads per 32 blocks.
+template <int kBlockM, int kBlockN>
+struct ExtraKeyBlocks : KeyBlocks {
+  static constexpr int kChunks = kBlockN / kSegmentChunk;  // segment chunks per key block
+  static_assert(kBlockN % kSegmentChunk == 0, "key blocks hold whole segment chunks");
+  Extras ext;
+  int2 row_ids;  // (min, max) segment id of the tile's valid rows
+
+  __device__ __forceinline__ ExtraKeyBlocks(const AttnParams& p, int m_block, int batch, int head)
+      : KeyBlocks{1, 0, 1, 0}, ext(p, batch, head), row_ids{0, 0} {
+    const int row0 = m_block * kBlockM;
+    const int row_end = min(row0 + kBlockM, ext.valid_rows);
+    if (row0 >= row_end) return;
+    const Window window{p.window_left, p.window_right};
+    const Range keys = window.keys_of_rows(row0, row_end, ext.valid_keys);
+    if (keys.empty()) return;
+    const Range all = window.keys_of_all_rows(row0, row_end, ext.valid_keys);
+    n_lo = keys.lo / kBlockN;
+    n_hi = ceil_div(keys.hi, kBlockN) - 1;
+    unmasked_lo = ceil_div(all.lo, kBlockN);
+    unmasked_hi = all.hi / kBlockN - 1;
+    if (ext.has_segments()) {
+      row_ids = ext.row_span(row0, row_end);
+      n_hi = next(n_hi + 1);  // n_hi < n_lo when no block meets: an empty tile
+    }
+  }
+
+  // Largest visited block below n (< n_lo when there is none).
+  __device__ __forceinline__ int next(int n) const {
+    --n;
+    if (!ext.has_segments()) return n;
+    const int lane = threadIdx.x % 32;
+    for (; n >= n_lo; n -= 32) {
+      const unsigned hits = __ballot_sync(0xffffffffu, n - lane >= n_lo && meets(n - lane));
+      if (hits) return n - (__ffs(hits) - 1);
+    }
+    return n;
+  }
+
+  // Does block n need the element path (ext.visible / ext.logit per score)?
+  __device__ __forceinline__ bool element(int n) const {
+    if (ext.per_element() || n < unmasked_lo || n > unmasked_hi) return true;
+    return ext.has_segments() && !all_match(n);
+  }
+
+ private:
+  // The chunk (min, max) ids of block n's keys below valid_keys; kChunks independent loads.
+  template <class F>
+  __device__ __forceinline__ void for_chunks(int n, F&& f) const {
+    const ExtraParams& e = *ext.e;
+    const int2* r = reinterpret_cast<const int2*>(e.kv_segment_range) +
+                    int64_t(ext.b) * e.kv_chunks + n * kChunks;
+    const int count = ceil_div(ext.valid_keys - n * kBlockN, kSegmentChunk);
+    CUTE_UNROLL
+    for (int c = 0; c < kChunks; ++c) {
+      if (c < count) f(r[c]);
+    }
+  }
+  // Some chunk of block n may share an id with some row of the tile.
+  __device__ __forceinline__ bool meets(int n) const {
+    bool any = false;
+    for_chunks(n, [&](int2 keys) { any |= Extras::spans_meet(row_ids, keys); });
+    return any;
+  }
+  // Every row and key of the (tile, block n) pair holds the same id: no element test.
+  __device__ __forceinline__ bool all_match(int n) const {
+    bool all = row_ids.x == row_ids.y;
+    for_chunks(n, [&](int2 keys) { all &= Extras::spans_all_match(row_ids, keys); });
+    return all;
+  }
+};
 
 }  // namespace jax_flash::sm90

@@ -47,6 +47,44 @@ __device__ __forceinline__ void mask_tile(Scores& scores, Coord const& coord, in
   }
 }
 
+// The element path of a tile under extras (mask.h Extras): scores of pairs that ext.visible()
+// rejects become -inf; with ext.transforms() the others become natural-unit logits
+// (ext.logit(scale * s)), and the caller runs the softmax with scale 1. `abs_scale` is
+// |scale| (a negative scale has already negated the scores). Per-row values (window bounds,
+// the row's segment id) are read once per row; keys are compared as in mask_tile.
+template <class Scores, class Coord>
+__device__ __forceinline__ void extras_tile(Scores& scores, Coord const& coord, int row0, int col0,
+                                            Window window, const Extras& ext, float abs_scale) {
+  using namespace cute;
+  const ExtraParams& e = *ext.e;
+  const bool segments = ext.has_segments();
+  const bool transforms = ext.transforms();
+  const int first_col = col0 + get<1>(coord(0, 0));
+  CUTE_UNROLL
+  for (int i = 0; i < size<0>(scores); ++i) {
+    const int row = row0 + get<0>(coord(i, 0));
+    const Range keys = window.keys_of_row(row, ext.valid_keys);
+    const bool row_ok = row < ext.valid_rows;
+    const int lo = keys.lo - first_col;
+    const int hi = keys.hi - first_col;
+    const int q_id = segments && row_ok ? e.q_segment_ids[int64_t(ext.b) * ext.t + row] : 0;
+    CUTE_UNROLL
+    for (int j = 0; j < size<1>(scores); ++j) {
+      const int offset = get<1>(coord(i, j)) - get<1>(coord(0, 0));  // folds to a constant
+      const int col = first_col + offset;
+      bool seen = row_ok && offset >= lo && offset < hi;
+      if (seen && segments) seen = e.kv_segment_ids[int64_t(ext.b) * ext.s + col] == q_id;
+      if (seen && e.mask) seen = e.mask[ext.pair_offset(e.mask_stride, row, col)] != 0;
+      float x = -INFINITY;
+      if (seen) {
+        float tanh_unused;
+        x = transforms ? ext.logit(abs_scale * scores(i, j), row, col, tanh_unused) : scores(i, j);
+      }
+      scores(i, j) = x;
+    }
+  }
+}
+
 template <int kRows>
 struct OnlineSoftmax {
   static constexpr float kRescaleLog2 = 8.f;

@@ -3,6 +3,7 @@
 //   sm90_fwd_check check [name]  correctness of the default instantiations and tuning variants
 //                                (those whose name contains `name`) against a naive GPU reference
 //   sm90_fwd_check quick [name]  the same on the small cases only (for compute-sanitizer)
+//   sm90_fwd_check extras [name] the extras cases only (lengths, segments, bias, mask, softcap)
 //   sm90_fwd_check bench [name]  TFLOP/s at the BENCHMARKS.md shapes (16k tokens, hidden 2048)
 //   sm90_fwd_check list          variant names
 //
@@ -25,6 +26,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -61,7 +63,8 @@ void sync_or_die(const char* what) {
   }
 }
 
-using LaunchFn = cudaError_t (*)(const FwdParams&, cudaStream_t, bool heavy_first);
+// section: the tile order (scheduler.cuh), -1 = the library's choice (tile_section).
+using LaunchFn = cudaError_t (*)(const FwdParams&, cudaStream_t, int section);
 using RunFn = cudaError_t (*)(const FwdParams&, cudaStream_t);
 struct Variant {
   std::string name;
@@ -73,8 +76,8 @@ struct Variant {
 };
 
 template <class Traits>
-cudaError_t launch_variant(const FwdParams& p, cudaStream_t s, bool heavy_first) {
-  return sm90::launch_fwd<Traits>(p, s, heavy_first);
+cudaError_t launch_variant(const FwdParams& p, cudaStream_t s, int section) {
+  return sm90::launch_fwd<Traits>(p, s, section);
 }
 
 template <class Traits>
@@ -108,9 +111,9 @@ std::vector<Variant> all_variants() {
       default_variant<bf16, 64>(), default_variant<bf16, 128>(), default_variant<bf16, 256>(),
       default_variant<fp16, 64>(), default_variant<fp16, 128>(), default_variant<fp16, 256>(),
 #ifndef SM90_CHECK_DEFAULTS_ONLY
-      // What the first GPU run should tell us: ping-pong's worth at hdim 128 and 256, and a
+      // Candidates: FlashAttention-3's 176-key blocks at hdim 128, ping-pong at hdim 256, a
       // wider key block at hdim 64.
-      tuning_variant<bf16, 128, 128, 2, false>(),
+      tuning_variant<bf16, 128, 176, 2, true>(),
       tuning_variant<bf16, 256, 64, 2, true>(),
       tuning_variant<bf16, 64, 192, 2, true>(),
 #endif
@@ -125,7 +128,7 @@ __device__ float round_to(float x) {
   return float(E(x));
 }
 
-__device__ uint64_t mix64(uint64_t x) {
+__host__ __device__ uint64_t mix64(uint64_t x) {
   x ^= x >> 33;
   x *= 0xff51afd7ed558ccdull;
   x ^= x >> 33;
@@ -164,6 +167,19 @@ __global__ void reference_kernel(FwdParams p, bool lowp, float* o, float* lse) {
   const E* k = static_cast<const E*>(p.k) + b * p.k_batch_stride + kv * p.k_head_stride;
   const E* v = static_cast<const E*>(p.v) + b * p.v_batch_stride + kv * p.v_head_stride;
   const Range keys = Window{p.window_left, p.window_right}.keys_of_row(i, p.s);
+  // The extras, written out from their definitions (params.h), not through mask.h's Extras.
+  const ExtraParams& x = p.extra;
+  auto seen = [&](int j) {
+    if (j < keys.lo || j >= keys.hi) return false;
+    if (x.q_seqlen && i >= x.q_seqlen[b]) return false;
+    if (x.kv_seqlen && j >= x.kv_seqlen[b]) return false;
+    if (x.q_segment_ids &&
+        x.q_segment_ids[int64_t(b) * p.t + i] != x.kv_segment_ids[int64_t(b) * p.s + j]) {
+      return false;
+    }
+    return !x.mask || x.mask[b * x.mask_stride[0] + n * x.mask_stride[1] +
+                             i * x.mask_stride[2] + j * x.mask_stride[3]] != 0;
+  };
 
   auto block_reduce = [&](float x, bool is_max) {
     for (int off = 16; off > 0; off /= 2) {
@@ -181,13 +197,18 @@ __global__ void reference_kernel(FwdParams p, bool lowp, float* o, float* lse) {
   float m = -INFINITY;
   for (int j = threadIdx.x; j < p.s; j += blockDim.x) {
     float s = -INFINITY;
-    if (j >= keys.lo && j < keys.hi) {
+    if (seen(j)) {
       float acc = 0.f;
       for (int d = 0; d < p.h; ++d) {
         const float qd = lowp ? round_to<E>(float(q[d]) * p.scale) : float(q[d]);
         acc += qd * float(k[int64_t(j) * p.k_row_stride + d]);
       }
       s = lowp ? round_to<E>(acc) : acc * p.scale;
+      if (x.softcap != 0.f) s = x.softcap * tanhf(s / x.softcap);
+      if (x.bias) {
+        s += x.bias[b * x.bias_stride[0] + n * x.bias_stride[1] + i * x.bias_stride[2] +
+                    j * x.bias_stride[3]];
+      }
     }
     scores[j] = s;
     m = fmaxf(m, s);
@@ -201,6 +222,7 @@ __global__ void reference_kernel(FwdParams p, bool lowp, float* o, float* lse) {
     float acc = 0.f;
     if (l > 0.f) {
       for (int j = keys.lo; j < keys.hi; ++j) {
+        if (scores[j] == -INFINITY) continue;
         float pj = expf(scores[j] - m) / l;
         if (lowp) pj = round_to<E>(pj);
         acc += pj * float(v[int64_t(j) * p.v_row_stride + d]);
@@ -221,7 +243,119 @@ struct Case {
   float scale_mult;          // scale = scale_mult / sqrt(h)
   bool packed_qkv;           // q, k, v interleaved in one [B, T, 3, N, H] buffer (t == s, n == nkv)
   int64_t big_batch_stride;  // > 0: q and o use this batch stride (64-bit offsets)
+  // Extras (params.h ExtraParams), drawn per case by make_extras():
+  int lengths = 0;    // 1: random q/kv lengths per batch row (one row with kv length 0 if b > 1)
+  int segments = 0;   // 1: sorted packed documents, 2: random ids in [0, 3), 3: aligned documents
+  int bias = 0;       // 1: [B, N, T, S], 2: [1, N, 1, S] broadcast, 3: [B, 1, T, S]
+  int mask = 0;       // 1: [B, 1, T, S], about 80% true
+  float softcap = 0;  // 0 = off
 };
+
+// Host copies of the extras of a case, uploaded into p.extra.
+struct HostExtras {
+  std::vector<int32_t> q_len, kv_len, q_ids, kv_ids, q_range, kv_range;
+  std::vector<float> bias;
+  std::vector<uint8_t> mask;
+};
+
+// Per-chunk (min, max) ids, the last chunk padded with the last id (as jax_flash/_cuda.py).
+std::vector<int32_t> chunk_ranges(const std::vector<int32_t>& ids, int b, int len) {
+  const int chunks = (len + kSegmentChunk - 1) / kSegmentChunk;
+  std::vector<int32_t> r(size_t(b) * chunks * 2);
+  for (int bi = 0; bi < b; ++bi) {
+    for (int c = 0; c < chunks; ++c) {
+      int lo = INT32_MAX, hi = INT32_MIN;
+      for (int k = c * kSegmentChunk; k < (c + 1) * kSegmentChunk; ++k) {
+        const int id = ids[size_t(bi) * len + std::min(k, len - 1)];
+        lo = std::min(lo, id);
+        hi = std::max(hi, id);
+      }
+      r[(size_t(bi) * chunks + c) * 2] = lo;
+      r[(size_t(bi) * chunks + c) * 2 + 1] = hi;
+    }
+  }
+  return r;
+}
+
+// Segment ids of one batch row: mode 1 sorted documents at random cuts, 2 random ids in [0, 3),
+// 3 documents of 512 (tile-aligned: whole tiles match).
+void fill_ids(int32_t* ids, int len, int mode, uint64_t& rng) {
+  auto next = [&]() { return (rng = mix64(rng + 0x9e3779b97f4a7c15ull)); };
+  if (mode == 2) {
+    for (int k = 0; k < len; ++k) ids[k] = int(next() % 3);
+    return;
+  }
+  int id = 0;
+  for (int k = 0; k < len; ++k) {
+    if (mode == 3) id = k / 512;
+    else if (k > 0 && next() % 97 == 0) ++id;
+    ids[k] = id;
+  }
+}
+
+template <class T>
+const T* upload(const std::vector<T>& h, const std::function<void*(int64_t)>& alloc) {
+  if (h.empty()) return nullptr;
+  void* d = alloc(int64_t(h.size() * sizeof(T)));
+  CHECK_CUDA(cudaMemcpy(d, h.data(), h.size() * sizeof(T), cudaMemcpyHostToDevice));
+  return static_cast<const T*>(d);
+}
+
+// Draws the extras a case asks for and points p.extra at device copies.
+void make_extras(const Case& c, uint64_t seed, FwdParams& p,
+                 const std::function<void*(int64_t)>& alloc) {
+  HostExtras hx;
+  uint64_t rng = mix64(seed + 12345);
+  auto next = [&]() { return (rng = mix64(rng + 0x9e3779b97f4a7c15ull)); };
+  ExtraParams& x = p.extra;
+  if (c.lengths) {
+    for (int bi = 0; bi < c.b; ++bi) {
+      hx.q_len.push_back(c.t - int(next() % (c.t / 2 + 1)));
+      hx.kv_len.push_back(bi == 1 ? 0 : c.s - int(next() % (c.s / 2 + 1)));
+    }
+  }
+  if (c.segments) {
+    hx.q_ids.resize(size_t(c.b) * c.t);
+    hx.kv_ids.resize(size_t(c.b) * c.s);
+    for (int bi = 0; bi < c.b; ++bi) {
+      uint64_t row_rng = rng + bi;
+      fill_ids(hx.q_ids.data() + size_t(bi) * c.t, c.t, c.segments, row_rng);
+      if (c.segments == 2) row_rng = rng + 1000 + bi;  // random ids: independent key ids
+      else row_rng = rng + bi;                          // documents: the same cuts
+      fill_ids(hx.kv_ids.data() + size_t(bi) * c.s, c.s, c.segments, row_rng);
+    }
+    hx.q_range = chunk_ranges(hx.q_ids, c.b, c.t);
+    hx.kv_range = chunk_ranges(hx.kv_ids, c.b, c.s);
+    x.q_chunks = (c.t + kSegmentChunk - 1) / kSegmentChunk;
+    x.kv_chunks = (c.s + kSegmentChunk - 1) / kSegmentChunk;
+  }
+  const int64_t ts = int64_t(c.t) * c.s;
+  if (c.bias) {
+    const int64_t b_dim = c.bias == 2 ? 1 : c.b, n_dim = c.bias == 3 ? 1 : c.n;
+    const int64_t t_dim = c.bias == 2 ? 1 : c.t;
+    hx.bias.resize(size_t(b_dim * n_dim * t_dim * c.s));
+    for (float& v : hx.bias) v = float(int(next() % 4001) - 2000) / 1000.f;  // [-2, 2]
+    const int64_t st[4] = {b_dim == 1 ? 0 : n_dim * t_dim * c.s, n_dim == 1 ? 0 : t_dim * c.s,
+                           t_dim == 1 ? 0 : c.s, 1};
+    std::copy(st, st + 4, x.bias_stride);
+  }
+  if (c.mask) {
+    hx.mask.resize(size_t(c.b * ts));
+    for (uint8_t& v : hx.mask) v = next() % 5 != 0;
+    const int64_t st[4] = {ts, 0, c.s, 1};
+    std::copy(st, st + 4, x.mask_stride);
+  }
+  x.q_seqlen = upload(hx.q_len, alloc);
+  x.kv_seqlen = upload(hx.kv_len, alloc);
+  x.q_segment_ids = upload(hx.q_ids, alloc);
+  x.kv_segment_ids = upload(hx.kv_ids, alloc);
+  x.q_segment_range = upload(hx.q_range, alloc);
+  x.kv_segment_range = upload(hx.kv_range, alloc);
+  x.bias = upload(hx.bias, alloc);
+  x.mask = upload(hx.mask, alloc);
+  x.softcap = c.softcap;
+  x.per_element = x.bias || x.mask || x.softcap != 0.f;
+}
 
 template <typename E>
 bool run_case(const Variant& var, const Case& c, uint64_t seed) {
@@ -237,7 +371,7 @@ bool run_case(const Variant& var, const Case& c, uint64_t seed) {
   p.dtype = var.bf16 ? DType::kBFloat16 : DType::kFloat16;
 
   std::vector<void*> allocs;
-  auto alloc = [&](int64_t bytes) {
+  std::function<void*(int64_t)> alloc = [&](int64_t bytes) {
     void* ptr;
     CHECK_CUDA(cudaMalloc(&ptr, std::max<int64_t>(bytes, 16)));
     allocs.push_back(ptr);
@@ -272,6 +406,7 @@ bool run_case(const Variant& var, const Case& c, uint64_t seed) {
   const int64_t rows = int64_t(c.b) * c.n * c.t;
   p.o = o; p.o_batch_stride = obs; p.o_row_stride = qrow; p.o_head_stride = h;
   p.lse = static_cast<float*>(alloc(rows * 4));
+  make_extras(c, seed, p, alloc);
 
   // Copy out the valid part of O ([B, T, N, H] rows, skipping the batch-stride gap).
   const int64_t out_elems = rows * h;
@@ -286,11 +421,10 @@ bool run_case(const Variant& var, const Case& c, uint64_t seed) {
   };
   std::vector<E> h_o, h_o2;
   std::vector<float> h_lse, h_lse2;
-  const bool heavy_first = sm90::heavy_first_order(p);
   for (int run = 0; run < 2; ++run) {
     CHECK_CUDA(cudaMemset(o, 0xff, o_elems * sizeof(E)));  // NaN poison
     CHECK_CUDA(cudaMemset(p.lse, 0xff, rows * 4));
-    CHECK_CUDA(var.run ? var.run(p, 0) : var.launch(p, 0, heavy_first));
+    CHECK_CUDA(var.run ? var.run(p, 0) : var.launch(p, 0, -1));
     sync_or_die((var.name + " / " + c.name).c_str());
     if (run == 0) fetch(h_o, h_lse); else fetch(h_o2, h_lse2);
   }
@@ -341,7 +475,17 @@ bool run_case(const Variant& var, const Case& c, uint64_t seed) {
   return ok;
 }
 
-int run_checks(const std::vector<Variant>& vars, bool quick) {
+// A case with extras (Case fields lengths .. softcap).
+Case with_extras(Case c, int lengths, int segments, int bias, int mask, float softcap) {
+  c.lengths = lengths;
+  c.segments = segments;
+  c.bias = bias;
+  c.mask = mask;
+  c.softcap = softcap;
+  return c;
+}
+
+int run_checks(const std::vector<Variant>& vars, bool quick, bool extras_only) {
   const int U = -1;
   const Case cases[] = {
       {"full 2x256x256 mha", 2, 256, 256, 4, 4, 0, U, U, 1.f, false, 0},
@@ -363,9 +507,39 @@ int run_checks(const std::vector<Variant>& vars, bool quick) {
       {"persistent causal 3x1000 gqa4", 3, 1000, 1000, 16, 4, 0, U, 0, 1.f, false, 0},
       {"long 1x2048 gqa4", 1, 2048, 2048, 8, 2, 0, U, U, 1.f, false, 0},
   };
+  // Extras (issue 5), on the default tiles only: every feature alone and combined with
+  // causal / windows / GQA, odd sizes, rows and batches that see nothing.
+  const Case extra_cases[] = {
+      with_extras({"lengths 3x300x333", 3, 300, 333, 4, 2, 0, U, U, 1.f, false, 0}, 1, 0, 0, 0, 0),
+      with_extras({"lengths causal 3x300", 3, 300, 300, 2, 1, 0, U, 0, 1.f, false, 0}, 1, 0, 0, 0, 0),
+      with_extras({"docs+lengths causal 2x700", 2, 700, 700, 4, 2, 0, U, 0, 1.f, false, 0}, 1, 1, 0, 0, 0),
+      with_extras({"random ids window(100,30)", 2, 700, 700, 2, 1, 0, 100, 30, 1.f, false, 0}, 1, 2, 0, 0, 0),
+      with_extras({"docs t<s 300x500", 2, 300, 500, 2, 2, 0, U, U, 1.f, false, 0}, 0, 1, 0, 0, 0),
+      with_extras({"aligned docs causal 4096", 1, 4096, 4096, 2, 1, 0, U, 0, 1.f, false, 0}, 0, 3, 0, 0, 0),
+      with_extras({"aligned docs 2048", 1, 2048, 2048, 2, 2, 0, U, U, 1.f, false, 0}, 0, 3, 0, 0, 0),
+      with_extras({"bias full 2x200x260", 2, 200, 260, 2, 1, 0, U, U, 1.f, false, 0}, 0, 0, 1, 0, 0),
+      with_extras({"bias [1,N,1,S] causal", 2, 300, 300, 4, 2, 0, U, 0, 1.f, false, 0}, 0, 0, 2, 0, 0),
+      with_extras({"bias [B,1,T,S] neg scale", 2, 190, 250, 2, 2, 0, U, U, -1.f, false, 0}, 0, 0, 3, 0, 0),
+      with_extras({"mask causal 2x333", 2, 333, 333, 2, 1, 0, U, 0, 1.f, false, 0}, 0, 0, 0, 1, 0),
+      with_extras({"softcap 5 scale 8", 1, 257, 300, 2, 2, 0, U, U, 8.f, false, 0}, 0, 0, 0, 0, 5.f),
+      with_extras({"softcap 30 window(64,16)", 2, 300, 300, 2, 2, 0, 64, 16, 1.f, false, 0}, 0, 0, 0, 0, 30.f),
+      with_extras({"everything 2x257x300", 2, 257, 300, 4, 2, 0, 64, 16, -1.f, false, 0}, 1, 2, 2, 1, 20.f),
+      with_extras({"everything causal docs", 2, 513, 513, 2, 1, 0, U, 0, 1.f, false, 0}, 1, 1, 3, 1, 10.f),
+  };
   int failed = 0, total = 0;
   uint64_t seed = 4321;
   for (const Variant& var : vars) {
+    if (!var.is_default) continue;
+    for (const Case& c : extra_cases) {
+      if (quick && int64_t(c.b) * c.t * c.n > 4000) continue;
+      const bool ok = var.bf16 ? run_case<cutlass::bfloat16_t>(var, c, ++seed)
+                               : run_case<cutlass::half_t>(var, c, ++seed);
+      failed += !ok;
+      ++total;
+    }
+  }
+  for (const Variant& var : vars) {
+    if (extras_only) break;
     for (const Case& c : cases) {
       if (quick && int64_t(c.b) * c.t * c.n > 4000) continue;
       const bool ok = var.bf16 ? run_case<cutlass::bfloat16_t>(var, c, ++seed)
@@ -376,7 +550,7 @@ int run_checks(const std::vector<Variant>& vars, bool quick) {
   }
   // 64-bit offsets: q and o batch strides past 2^31 elements (about 4.3 GB each).
   for (const Variant& var : vars) {
-    if (!quick && var.is_default && var.bf16 && var.hdim == 128) {
+    if (!quick && !extras_only && var.is_default && var.bf16 && var.hdim == 128) {
       const Case big{"batch stride 2^31+8", 2, 100, 150, 1, 1, 0, -1, 0, 1.f, false, (int64_t(1) << 31) + 8};
       failed += !run_case<cutlass::bfloat16_t>(var, big, ++seed);
       ++total;
@@ -389,16 +563,16 @@ int run_checks(const std::vector<Variant>& vars, bool quick) {
 // ---------------------------------------------------------------------------------------------
 // Benchmark: 16k tokens per batch, hidden 2048; median of 5 repeats of 10 launches.
 
-double time_ms(const Variant& var, const FwdParams& p, bool heavy_first) {
+double time_ms(const Variant& var, const FwdParams& p, int section) {
   cudaEvent_t e0, e1;
   CHECK_CUDA(cudaEventCreate(&e0));
   CHECK_CUDA(cudaEventCreate(&e1));
-  for (int i = 0; i < 2; ++i) CHECK_CUDA(var.launch(p, 0, heavy_first));
+  for (int i = 0; i < 2; ++i) CHECK_CUDA(var.launch(p, 0, section));
   sync_or_die(var.name.c_str());
   std::vector<float> reps;
   for (int r = 0; r < 5; ++r) {
     CHECK_CUDA(cudaEventRecord(e0));
-    for (int i = 0; i < 10; ++i) CHECK_CUDA(var.launch(p, 0, heavy_first));
+    for (int i = 0; i < 10; ++i) CHECK_CUDA(var.launch(p, 0, section));
     CHECK_CUDA(cudaEventRecord(e1));
     sync_or_die(var.name.c_str());
     float ms;
@@ -446,12 +620,24 @@ int run_bench(const std::vector<Variant>& vars) {
         p.q_row_stride = p.k_row_stride = p.v_row_stride = p.o_row_stride = hidden;
         p.q_head_stride = p.k_head_stride = p.v_head_stride = p.o_head_stride = var.hdim;
         const double flops = 4.0 * p.b * p.n * double(t) * t * var.hdim / (causal ? 2 : 1);
-        std::vector<bool> orders = {sm90::heavy_first_order(p)};
-        if (causal && full_table && (t == 2048 || t == 8192)) orders.push_back(!orders[0]);
-        for (bool heavy : orders) {
-          const double ms = time_ms(var, p, heavy);
-          std::printf("%-24s %-6d %-6d %-11s %9.3f %9.1f\n", var.name.c_str(), causal, t,
-                      heavy ? "heavy-first" : "rows-first", ms, flops / ms * 1e-9);
+        // Causal: the library's order, then rows first, heavy first over every (batch, head),
+        // and sections of K/V of 8, 16 and 64 MB (the default takes 32 MB).
+        const int num_bh = p.b * p.n;
+        const int64_t kv_bh = int64_t(2) * t * var.hdim * 2;
+        std::vector<int> orders = {-1};
+        if (causal && full_table) {
+          orders.push_back(0);
+          orders.push_back(num_bh);
+          for (int mb : {8, 16, 64}) orders.push_back(int(std::max<int64_t>((int64_t(mb) << 20) / kv_bh, 1)));
+        }
+        for (int section : orders) {
+          const double ms = time_ms(var, p, section);
+          char order[32];
+          if (section < 0) std::snprintf(order, sizeof(order), "default");
+          else if (section == 0) std::snprintf(order, sizeof(order), "rows-first");
+          else std::snprintf(order, sizeof(order), "heavy/%d", std::min(section, num_bh));
+          std::printf("%-24s %-6d %-6d %-11s %9.3f %9.1f\n", var.name.c_str(), causal, t, order,
+                      ms, flops / ms * 1e-9);
           std::fflush(stdout);
         }
       }
@@ -478,7 +664,9 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "sm_90a kernels need a compute capability 9.0 device\n");
     return 2;
   }
-  if (mode == "check" || mode == "quick") return run_checks(vars, mode == "quick");
+  if (mode == "check" || mode == "quick" || mode == "extras") {
+    return run_checks(vars, mode == "quick", mode == "extras");
+  }
   if (mode == "bench") return run_bench(vars);
   std::fprintf(stderr, "usage: sm90_fwd_check check|quick|bench|list [variant name part]\n");
   return 2;
