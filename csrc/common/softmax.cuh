@@ -5,7 +5,8 @@
 // Scores arrive raw (s = q . k, unscaled). With c = scale * log2(e) > 0 (kernels pass |scale|,
 // negating q when the user's scale is negative), the softmax runs in base 2:
 //   p = 2^(c s - c m),  m = running row max of s,  lse = scale * m + ln(sum p)
-// so each score costs one FFMA and one EX2.
+// so each score costs one FFMA and one EX2. With bias or softcap (apply_extras) scores arrive
+// as natural-unit logits and the kernels pass scale 1 (c = log2(e)).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -34,6 +35,59 @@ __device__ __forceinline__ void mask_scores(Scores& scores, Coord const& coord, 
     for (int j = 0; j < size<1>(scores); ++j) {
       const int col = get<1>(coord(i, j));
       if (col < lo || col >= hi) scores(i, j) = -INFINITY;
+    }
+  }
+}
+
+// The element path of the extras (params.h ExtraParams) on one tile: scores of pairs a row may
+// not see become -inf (Extras::visible: lengths, window, segments, mask); with transform, the
+// seen ones become natural-unit logits (Extras::logit: softcap of scale * s, then bias). The
+// same rules as those two functions, with the per-row and per-column parts hoisted out of the
+// element loop. scale > 0: a negative user scale arrives as negated q (s has the true sign of
+// scale * q.k once multiplied by |scale|).
+// Bias and mask are addressed from the tile's first pair with 32-bit offsets (the launcher
+// checks that a tile's offsets fit): 64-bit offsets per element cost ~700 bytes of spills at
+// hdim 128.
+template <class Scores, class Coord>
+__device__ __forceinline__ void apply_extras(Scores& scores, Coord const& coord, int row0, int col0,
+                                             Window window, Extras const& ex, float scale,
+                                             bool transform) {
+  using namespace cute;
+  const ExtraParams& e = *ex.e;
+  constexpr int kCols = decltype(size<1>(scores))::value;
+  const bool segments = ex.has_segments();
+  const float* bias = e.bias ? e.bias + ex.pair_offset(e.bias_stride, row0, col0) : nullptr;
+  const uint8_t* mask = e.mask ? e.mask + ex.pair_offset(e.mask_stride, row0, col0) : nullptr;
+  const int* row_ids = segments ? e.q_segment_ids + int64_t(ex.b) * ex.t + row0 : nullptr;
+  const int* col_ids = segments ? e.kv_segment_ids + int64_t(ex.b) * ex.s + col0 : nullptr;
+  int key_ids[kCols];  // segment id of each column (keys past valid_keys are never seen)
+  CUTE_UNROLL
+  for (int j = 0; j < kCols; ++j) {
+    const int c = get<1>(coord(0, j));
+    key_ids[j] = segments && col0 + c < ex.valid_keys ? col_ids[c] : 0;
+  }
+  CUTE_UNROLL
+  for (int i = 0; i < size<0>(scores); ++i) {
+    const int r = get<0>(coord(i, 0));  // tile-local row
+    const int row = row0 + r;
+    const bool row_ok = row < ex.valid_rows;
+    const Range keys = window.keys_of_row(row, ex.valid_keys);
+    const int row_id = segments && row_ok ? row_ids[r] : 0;
+    CUTE_UNROLL
+    for (int j = 0; j < kCols; ++j) {
+      const int c = get<1>(coord(i, j));  // tile-local column
+      const int col = col0 + c;
+      bool seen = row_ok && col >= keys.lo && col < keys.hi && row_id == key_ids[j];
+      if (seen && mask) {
+        seen = mask[r * int(e.mask_stride[2]) + c * int(e.mask_stride[3])] != 0;
+      }
+      float x = scores(i, j);
+      if (seen && transform) {
+        x *= scale;
+        if (e.softcap != 0.f) x = e.softcap * tanhf(x / e.softcap);
+        if (bias) x += bias[r * int(e.bias_stride[2]) + c * int(e.bias_stride[3])];
+      }
+      scores(i, j) = seen ? x : -INFINITY;
     }
   }
 }

@@ -19,6 +19,7 @@
 #include <cuda_runtime.h>
 
 #include <cfloat>
+#include <climits>
 #include <type_traits>
 
 #include <cute/tensor.hpp>
@@ -37,7 +38,7 @@ enum class FwdOrder : int {
                           // first: with a causal mask the last q-blocks do the most work
 };
 
-template <class Traits>
+template <class Traits, bool kExtras>
 __global__ void __launch_bounds__(Traits::kNThreads, 1)
     fwd_kernel(const __grid_constant__ FwdParams params, int num_m_blocks, FwdOrder order) {
   using namespace cute;
@@ -63,7 +64,13 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   const int row0 = m_block * kBlockM;
   const int rows = min(kBlockM, params.t - row0);
   const Window window{params.window_left, params.window_right};
-  const Range keys = window.keys_of_rows(row0, row0 + rows, params.s);
+  // With extras: the lengths of this batch row. rows_valid (rows of this block below
+  // valid_rows) and key_end (valid_keys) replace rows and S in every bound.
+  const Extras ex(params, b, head);  // unused (and not computed) without kExtras
+  const int rows_valid = kExtras ? min(rows, ex.valid_rows - row0) : rows;
+  const int key_end = kExtras ? ex.valid_keys : params.s;
+  const Range keys = rows_valid > 0 ? window.keys_of_rows(row0, row0 + rows_valid, key_end)
+                                    : Range{0, 0};
 
   Tensor gQ = make_tensor(
       make_gmem_ptr(static_cast<const Element*>(params.q) + b * params.q_batch_stride +
@@ -83,19 +90,83 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
     return gmem_store_thr.partition_D(make_identity_tensor(Shape<Int<kBlockM>, Int<kHeadDim>>{}));
   };
 
-  if (keys.empty()) {  // no row of this block sees any key: O = 0, lse = -inf
+  extern __shared__ __align__(128) char smem[];
+  auto write_empty = [&]() {  // no row of this block sees any key: O = 0, lse = -inf
     Tensor tOgO = gmem_store_thr.partition_D(o_tile());
     Tensor zeros = make_fragment_like(tOgO);
     clear(zeros);
     store_tile_predicated(gmem_store, zeros, tOgO, o_coord(), rows, params.h);
     float* lse = lse_out();
     for (int r = tid; r < rows; r += Traits::kNThreads) lse[r] = -INFINITY;
+  };
+  if (keys.empty()) {
+    write_empty();
     return;
   }
-  const int n_block_first = keys.lo / kBlockN;
-  const int n_block_last = ceil_div(keys.hi, kBlockN) - 1;
-  // Key tiles inside this range are visible to every row: no element mask.
-  const Range unmasked = window.keys_of_all_rows(row0, row0 + rows, params.s);
+  int n_block_first = keys.lo / kBlockN;
+  int n_block_last = ceil_div(keys.hi, kBlockN) - 1;
+  // Key tiles inside this range are visible to every row as far as the window and the
+  // lengths go: no element mask.
+  const Range unmasked = window.keys_of_all_rows(row0, row0 + rows_valid, key_end);
+  const int n_unmasked_lo = ceil_div(unmasked.lo, kBlockN);
+  const int n_unmasked_hi = unmasked.hi / kBlockN - 1;
+
+  // ---- extras: which key tiles to visit, and which of them need the element path ----
+  // A visit is packed as n_block * 2 + element (element: 1 = run apply_extras); -1 = none.
+  int2 row_ids = make_int2(0, 0);  // the q-block's (min, max) segment id
+  const bool all_element = kExtras && (ex.per_element() || ex.transforms());
+  auto classify = [&](int n_block) {  // 0 skip, 1 fast step, 2 element step
+    bool element = all_element || n_block > n_unmasked_hi || n_block < n_unmasked_lo;
+    if (ex.has_segments()) {
+      const int2 key_ids = ex.key_span(n_block * kBlockN, min((n_block + 1) * kBlockN, key_end));
+      if (!Extras::spans_meet(row_ids, key_ids)) return 0;
+      element |= !Extras::spans_all_match(row_ids, key_ids);
+    }
+    return element ? 2 : 1;
+  };
+  // The visit after n_block (walking down), or -1.
+  auto next_visit = [&](int n_block) {
+    for (int n = n_block - 1; n >= n_block_first; --n) {
+      const int c = classify(n);
+      if (c != 0) return n * 2 + (c - 1);
+    }
+    return -1;
+  };
+  if constexpr (kExtras) {
+    if (ex.has_segments()) {
+      row_ids = ex.row_span(row0, row0 + rows_valid);
+      // First and last tiles that can hold a matching pair, all threads at once. The bounds
+      // sit in V's buffer, which the loop's first barrier separates from its first load.
+      int* visit_bounds = reinterpret_cast<int*>(reinterpret_cast<Element*>(smem) +
+                                                 Traits::kSmemQElems + Traits::kSmemKVElems);
+      if (tid == 0) {
+        visit_bounds[0] = INT_MAX;
+        visit_bounds[1] = -1;
+      }
+      __syncthreads();
+      int lo = INT_MAX, hi = -1;
+      for (int n = n_block_first + tid; n <= n_block_last; n += Traits::kNThreads) {
+        const int2 key_ids = ex.key_span(n * kBlockN, min((n + 1) * kBlockN, key_end));
+        if (Extras::spans_meet(row_ids, key_ids)) {
+          lo = min(lo, n);
+          hi = max(hi, n);
+        }
+      }
+      lo = __reduce_min_sync(0xffffffffu, lo);
+      hi = __reduce_max_sync(0xffffffffu, hi);
+      if (tid % 32 == 0) {
+        atomicMin(&visit_bounds[0], lo);
+        atomicMax(&visit_bounds[1], hi);
+      }
+      __syncthreads();
+      if (visit_bounds[1] < 0) {
+        write_empty();
+        return;
+      }
+      n_block_first = visit_bounds[0];
+      n_block_last = visit_bounds[1];
+    }
+  }
 
   const Element* k_head = static_cast<const Element*>(params.k) + b * params.k_batch_stride +
                           kv_head * params.k_head_stride;
@@ -111,7 +182,6 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   };
 
   // ---- shared memory ----
-  extern __shared__ __align__(128) char smem[];
   Tensor sQ = make_tensor(make_smem_ptr(reinterpret_cast<Element*>(smem)),
                           typename Traits::SmemLayoutQ{});
   Tensor sK = make_tensor(sQ.data() + Int<Traits::kSmemQElems>{}, typename Traits::SmemLayoutKV{});
@@ -125,18 +195,20 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   Tensor tVsV = gmem_load_thr.partition_D(sV);
   Tensor tQcQ = gmem_load_thr.partition_S(make_identity_tensor(Shape<Int<kBlockM>, Int<kHeadDim>>{}));
   Tensor tKVcKV = gmem_load_thr.partition_S(make_identity_tensor(Shape<Int<kBlockN>, Int<kHeadDim>>{}));
-  // Only the tile holding key s - 1 can be partial, and it is the first one loaded (the
+  // Only the tile holding key key_end - 1 can be partial, and it is the first one loaded (the
   // walk goes downwards) and a masked step, so other loads skip the row check.
   auto load_k = [&](int n_block, auto check_rows) {
     copy_tile_zfill<decltype(check_rows)::value>(gmem_load, gmem_load_thr.partition_S(k_tile(n_block)),
-                                                 tKsK, tKVcKV, params.s - n_block * kBlockN, params.h);
+                                                 tKsK, tKVcKV, key_end - n_block * kBlockN, params.h);
   };
   auto load_v = [&](int n_block, auto check_rows) {
     copy_tile_zfill<decltype(check_rows)::value>(gmem_load, gmem_load_thr.partition_S(v_tile(n_block)),
-                                                 tVsV, tKVcKV, params.s - n_block * kBlockN, params.h);
+                                                 tVsV, tKVcKV, key_end - n_block * kBlockN, params.h);
   };
 
-  copy_tile_zfill(gmem_load, gmem_load_thr.partition_S(gQ), tQsQ, tQcQ, rows, params.h);
+  // The first visit: the last tile in range (dense), or the last visited one (extras).
+  const int first_visit = kExtras ? n_block_last * 2 + (classify(n_block_last) - 1) : 0;
+  copy_tile_zfill(gmem_load, gmem_load_thr.partition_S(gQ), tQsQ, tQcQ, rows_valid, params.h);
   cp_async_fence();
   load_k(n_block_last, std::true_type{});
   cp_async_fence();
@@ -170,6 +242,10 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   // scale is honoured by negating Q once in shared memory, since scale * q.k = |scale| (-q).k.
   const float scale = fmaxf(fabsf(params.scale), FLT_MIN);
   const float scale_log2 = fmaxf(fabsf(params.scale_log2), FLT_MIN);
+  // With bias or softcap the element path gives natural-unit logits: the softmax takes scale 1.
+  const bool logits = kExtras && ex.transforms();
+  const float softmax_scale = logits ? 1.f : scale;
+  const float softmax_scale_log2 = logits ? 1.4426950408889634f : scale_log2;
   if (params.scale < 0.f) {
     cp_async_wait<1>();  // this thread's part of Q has landed; the loop's first barrier publishes it
     flip_sign_bits(tQsQ);
@@ -178,7 +254,9 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   // One main-loop step; kMasked instantiates the element mask. Two separate instantiations
   // (rather than one runtime `if`) because the compiler if-converted the mask into every step:
   // ~210 extra predicated instructions per step at hdim 128.
-  auto step = [&](int n_block, auto masked) {
+  // next(n_block) gives the following visit (n_block * 2 + element, or -1); it is called
+  // after the scores' product is issued, so its loads of segment ranges overlap the mma.
+  auto step = [&](int n_block, auto masked, auto next) {
     constexpr bool kMasked = decltype(masked)::value;
     Tensor acc_s = partition_fragment_C(mma, Shape<Int<kBlockM>, Int<kBlockN>>{});
     clear(acc_s);
@@ -189,38 +267,64 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
 
     gemm_smem_smem(mma, acc_s, tSrQ, tSrK, tSsQ, tSsK, smem_copy_q, smem_copy_k, smem_copy_q_thr,
                    smem_copy_k_thr);
+    const int visit = next(n_block);
     Tensor scores = rowcol_view(acc_s);
-    if constexpr (kMasked) mask_scores(scores, tScS, row0, n_block * kBlockN, window, params.s);
+    if constexpr (kMasked) {
+      if constexpr (kExtras) {
+        apply_extras(scores, tScS, row0, n_block * kBlockN, window, ex, scale, logits);
+      } else {
+        mask_scores(scores, tScS, row0, n_block * kBlockN, window, params.s);
+      }
+    }
 
     cp_async_wait<0>();
     __syncthreads();  // V[n_block] visible to all; every warp is done reading K[n_block]
-    if (n_block > n_block_first) {
-      load_k(n_block - 1, std::false_type{});
+    if (visit >= 0) {
+      load_k(visit / 2, std::false_type{});
       cp_async_fence();
     }
 
-    softmax.update(scores, acc_o_rc, scale_log2);
+    softmax.update(scores, acc_o_rc, softmax_scale_log2);
     Tensor p = make_tensor<Element>(acc_s.layout());
     convert_fragment(acc_s, p);
     Tensor p_a = make_tensor(p.data(), acc_as_operand_a_layout(p.layout()));
     gemm_reg_smem(mma, acc_o, p_a, tOrVt, tOsVt, smem_copy_v, smem_copy_v_thr);
   };
 
-  // Tiles [n_unmasked_lo, n_unmasked_hi] lie wholly inside `unmasked` (possibly none).
-  const int n_unmasked_lo = ceil_div(unmasked.lo, kBlockN);
-  const int n_unmasked_hi = unmasked.hi / kBlockN - 1;
-  for (int n_block = n_block_last; n_block >= n_block_first; --n_block) {
-    if (n_block > n_unmasked_hi || n_block < n_unmasked_lo) {
-      step(n_block, std::true_type{});
-    } else {
-      step(n_block, std::false_type{});
+  if constexpr (kExtras) {
+    for (int visit = first_visit; visit >= 0;) {
+      const int n_block = visit / 2;
+      auto next = [&](int n) {
+        visit = next_visit(n);
+        return visit;
+      };
+      if (visit % 2) {
+        step(n_block, std::true_type{}, next);
+      } else {
+        step(n_block, std::false_type{}, next);
+      }
+    }
+    // Rows >= valid_rows see nothing: sum 0 gives O = 0 and lse = -inf in finalize.
+    CUTE_UNROLL
+    for (int i = 0; i < kRows; ++i) {
+      if (get<0>(tScS(i, 0)) >= rows_valid) softmax.row_sum[i] = 0.f;
+    }
+  } else {
+    // Tiles [n_unmasked_lo, n_unmasked_hi] lie wholly inside `unmasked` (possibly none).
+    auto next = [&](int n) { return n > n_block_first ? (n - 1) * 2 : -1; };
+    for (int n_block = n_block_last; n_block >= n_block_first; --n_block) {
+      if (n_block > n_unmasked_hi || n_block < n_unmasked_lo) {
+        step(n_block, std::true_type{}, next);
+      } else {
+        step(n_block, std::false_type{}, next);
+      }
     }
   }
 
   // ---- epilogue: normalize, stage O through shared memory (Q's space: the last read of sQ
   // came before the loop's second barrier), then 16-byte predicated stores ----
   float lse[kRows];
-  softmax.finalize(acc_o_rc, scale, lse);
+  softmax.finalize(acc_o_rc, softmax_scale, lse);
   Tensor r_o = make_tensor<Element>(acc_o.layout());
   convert_fragment(acc_o, r_o);
   Tensor sO = make_tensor(sQ.data(), typename Traits::SmemLayoutQ{});

@@ -41,12 +41,43 @@ inline bool fwd_aligned(const FwdParams& p) {
   return ptr_ok(p.q) && ptr_ok(p.k) && ptr_ok(p.v) && ptr_ok(p.o);
 }
 
+// Any of the extras of params.h: such a call runs the kExtras instantiation of the kernel.
+inline bool has_extras(const AttnParams& p) {
+  const ExtraParams& e = p.extra;
+  return e.q_seqlen || e.kv_seqlen || e.q_segment_ids || e.bias || e.mask || e.softcap != 0.f ||
+         e.per_element;
+}
+
+// The extras' pointers agree with each other (the FFI handler checks shapes).
+inline bool extras_consistent(const AttnParams& p) {
+  const ExtraParams& e = p.extra;
+  const bool segments = e.q_segment_ids != nullptr;
+  if (segments != (e.kv_segment_ids != nullptr) || segments != (e.q_segment_range != nullptr) ||
+      segments != (e.kv_segment_range != nullptr)) {
+    return false;
+  }
+  if (segments && (e.q_chunks != (int64_t(p.t) + kSegmentChunk - 1) / kSegmentChunk ||
+                   e.kv_chunks != (int64_t(p.s) + kSegmentChunk - 1) / kSegmentChunk)) {
+    return false;
+  }
+  return !(e.softcap < 0.f) && !((e.bias || e.mask || e.softcap != 0.f) && !e.per_element);
+}
+
 template <class Traits>
 cudaError_t launch_fwd(const FwdParams& p, cudaStream_t stream, FwdOrder order) {
   using Element = typename Traits::Element;
+  // apply_extras (softmax.cuh) addresses bias and mask within a tile with 32-bit offsets.
+  auto tile_span_fits = [](const int64_t (&st)[4]) {
+    return (Traits::kBlockM - 1) * st[2] + (Traits::kBlockN - 1) * st[3] <= INT32_MAX;
+  };
+  if ((p.extra.bias && !tile_span_fits(p.extra.bias_stride)) ||
+      (p.extra.mask && !tile_span_fits(p.extra.mask_stride))) {
+    return cudaErrorInvalidValue;
+  }
   if (p.h <= 0 || p.h % 8 != 0 || p.h > Traits::kHeadDim || p.hv != p.h || p.b < 0 || p.t < 0 ||
       p.s < 0 || p.n <= 0 || p.n_kv <= 0 || p.group <= 0 || p.n != p.n_kv * p.group ||
-      p.window_left < 0 || p.window_right < 0 || !fwd_aligned<Element>(p)) {
+      p.window_left < 0 || p.window_right < 0 || !fwd_aligned<Element>(p) ||
+      !extras_consistent(p)) {
     return cudaErrorInvalidValue;
   }
   const int64_t num_m_blocks = (int64_t(p.t) + Traits::kBlockM - 1) / Traits::kBlockM;
@@ -54,7 +85,7 @@ cudaError_t launch_fwd(const FwdParams& p, cudaStream_t stream, FwdOrder order) 
   if (num_ctas == 0) return cudaSuccess;
   if (num_ctas > INT32_MAX) return cudaErrorInvalidConfiguration;
 
-  auto kernel = &fwd_kernel<Traits>;
+  auto kernel = has_extras(p) ? &fwd_kernel<Traits, true> : &fwd_kernel<Traits, false>;
   constexpr int kSmem = Traits::kSmemBytes;
   if (kSmem > 48 * 1024) {
     const cudaError_t err =

@@ -4,6 +4,7 @@
 //                           whose name contains `name`) against a naive GPU float32 reference
 //   fwd_check quick [name]  the same on the small cases only (for compute-sanitizer)
 //   fwd_check bench [name]  TFLOP/s at the benchmark shapes (16k tokens, hidden 2048, bf16)
+//   fwd_check bench_extras [name]  issue 5's points: window and packed documents at 16k, hdim 128
 //   fwd_check list          variant names
 //
 // Pass rule (FlashAttention's): max |o - ref| <= 2 * max |o_naive - ref| + 1e-5, where o_naive
@@ -22,6 +23,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <climits>
 #include <vector>
 
 #include "sm80/fwd_launch.cuh"
@@ -126,16 +128,25 @@ __global__ void reference_kernel(FwdParams p, bool lowp, float* o, float* lse) {
   const E* k = static_cast<const E*>(p.k) + b * p.k_batch_stride + kvh * p.k_head_stride;
   const E* v = static_cast<const E*>(p.v) + b * p.v_batch_stride + kvh * p.v_head_stride;
   const Range keys = Window{p.window_left, p.window_right}.keys_of_row(i, p.s);
+  const ExtraParams& x = p.extra;
+  const bool row_seen = x.q_seqlen == nullptr || i < x.q_seqlen[b];
+  const int kv_len = x.kv_seqlen == nullptr ? p.s : x.kv_seqlen[b];
+  auto pair = [&](const int64_t (&st)[4], int j) { return b * st[0] + n * st[1] + i * st[2] + j * st[3]; };
   float m = -INFINITY;
   for (int j = threadIdx.x; j < p.s; j += blockDim.x) {
     float s = -INFINITY;
-    if (j >= keys.lo && j < keys.hi) {
+    bool seen = j >= keys.lo && j < keys.hi && row_seen && j < kv_len;
+    if (x.q_segment_ids) seen = seen && x.q_segment_ids[int64_t(b) * p.t + i] == x.kv_segment_ids[int64_t(b) * p.s + j];
+    if (x.mask) seen = seen && x.mask[pair(x.mask_stride, j)] != 0;
+    if (seen) {
       float acc = 0.f;
       for (int d = 0; d < p.h; ++d) {
         const float qd = lowp ? round_to<E>(to_float(q[d]) * p.scale) : to_float(q[d]);
         acc += qd * to_float(k[int64_t(j) * p.k_row_stride + d]);
       }
       s = lowp ? round_to<E>(acc) : acc * p.scale;
+      if (x.softcap != 0.f) s = x.softcap * tanhf(s / x.softcap);
+      if (x.bias) s += x.bias[pair(x.bias_stride, j)];
     }
     sh[j] = s;
     m = fmaxf(m, s);
@@ -181,7 +192,50 @@ struct Case {
   float scale_mult;        // scale = scale_mult / sqrt(h)
   bool packed_qkv;         // q, k, v interleaved in one [B, T, 3, N, H] buffer (needs t == s, n == nkv)
   int64_t big_batch_stride;  // > 0: q and o use this batch stride (tests 64-bit offsets)
+  // Extras (params.h ExtraParams); all off by default.
+  bool lengths = false;    // q_seqlen / kv_seqlen per batch row (some 0, some full)
+  int segments = 0;        // 0 none; 1 packed documents (sorted ids); 2 interleaved ids (id = j / 7 % 3)
+  int bias = 0;            // 0 none; 1 [B, N, T, S]; 2 [1, N, 1, S]; 3 [B, 1, T, S]
+  bool mask = false;       // random dense mask [B, 1, T, S], ~80% true
+  float softcap = 0.f;     // 0 off
 };
+
+// Host-side deterministic generator for the extras.
+struct Lcg {
+  uint64_t x;
+  uint32_t next() { x = x * 6364136223846793005ull + 1442695040888963407ull; return uint32_t(x >> 33); }
+};
+
+// Segment ids of one sequence of length len: packed documents of random lengths (sorted ids),
+// or ids that interleave so that tiles match only in part.
+std::vector<int> segment_ids(int len, int mode, Lcg& rng) {
+  std::vector<int> ids(len);
+  int id = 0, left = 1 + rng.next() % 97;
+  for (int j = 0; j < len; ++j) {
+    if (mode == 2) { ids[j] = j / 7 % 3; continue; }
+    if (--left == 0) { ++id; left = 1 + rng.next() % 97; }
+    ids[j] = id;
+  }
+  return ids;
+}
+
+// (min, max) id of each kSegmentChunk chunk, as jax_flash/_cuda.py computes them.
+std::vector<int> chunk_ranges(const std::vector<int>& ids, int batch, int len) {
+  const int chunks = (len + kSegmentChunk - 1) / kSegmentChunk;
+  std::vector<int> r(size_t(batch) * chunks * 2);
+  for (int b = 0; b < batch; ++b) {
+    for (int c = 0; c < chunks; ++c) {
+      int lo = INT32_MAX, hi = INT32_MIN;
+      for (int j = c * kSegmentChunk; j < std::min(len, (c + 1) * kSegmentChunk); ++j) {
+        lo = std::min(lo, ids[size_t(b) * len + j]);
+        hi = std::max(hi, ids[size_t(b) * len + j]);
+      }
+      r[(size_t(b) * chunks + c) * 2] = lo;
+      r[(size_t(b) * chunks + c) * 2 + 1] = hi;
+    }
+  }
+  return r;
+}
 
 template <typename E>
 bool run_case(const Variant& var, const Case& c, uint64_t seed) {
@@ -224,6 +278,65 @@ bool run_case(const Variant& var, const Case& c, uint64_t seed) {
     p.k_row_stride = p.v_row_stride = kvrow;
   }
   p.q_head_stride = p.k_head_stride = p.v_head_stride = h;
+  // ---- extras ----
+  Lcg rng{seed * 7919 + 13};
+  auto upload = [&](const void* host, int64_t bytes) {
+    void* dev = alloc(bytes, 1);
+    CHECK_CUDA(cudaMemcpy(dev, host, bytes, cudaMemcpyHostToDevice));
+    return dev;
+  };
+  ExtraParams& x = p.extra;
+  if (c.lengths) {
+    std::vector<int> ql(c.b), kl(c.b);
+    for (int bi = 0; bi < c.b; ++bi) {
+      const int q_opts[] = {c.t * 3 / 5, c.t, 0, std::max(c.t - 1, 0)};
+      const int k_opts[] = {c.s / 2 + 3, std::max(c.s - 17, 1), c.s, 1};
+      ql[bi] = std::min(q_opts[bi % 4], c.t);
+      kl[bi] = std::min(k_opts[bi % 4], c.s);
+    }
+    x.q_seqlen = static_cast<const int32_t*>(upload(ql.data(), c.b * 4));
+    x.kv_seqlen = static_cast<const int32_t*>(upload(kl.data(), c.b * 4));
+  }
+  if (c.segments) {
+    std::vector<int> qi, ki;
+    for (int bi = 0; bi < c.b; ++bi) {
+      // Same document lengths on both sides when t == s (self-attention on packed documents).
+      Lcg r2{rng.x + bi};
+      Lcg r3 = r2;
+      const std::vector<int> a = segment_ids(c.t, c.segments, r2), k2 = segment_ids(c.s, c.segments, r3);
+      qi.insert(qi.end(), a.begin(), a.end());
+      ki.insert(ki.end(), k2.begin(), k2.end());
+    }
+    const std::vector<int> qr = chunk_ranges(qi, c.b, c.t), kr = chunk_ranges(ki, c.b, c.s);
+    x.q_segment_ids = static_cast<const int32_t*>(upload(qi.data(), int64_t(qi.size()) * 4));
+    x.kv_segment_ids = static_cast<const int32_t*>(upload(ki.data(), int64_t(ki.size()) * 4));
+    x.q_segment_range = static_cast<const int32_t*>(upload(qr.data(), int64_t(qr.size()) * 4));
+    x.kv_segment_range = static_cast<const int32_t*>(upload(kr.data(), int64_t(kr.size()) * 4));
+    x.q_chunks = (c.t + kSegmentChunk - 1) / kSegmentChunk;
+    x.kv_chunks = (c.s + kSegmentChunk - 1) / kSegmentChunk;
+  }
+  if (c.bias) {
+    const bool bb = c.bias != 2, bn = c.bias != 3, bt = c.bias != 2;
+    const int64_t dims[4] = {bb ? c.b : 1, bn ? c.n : 1, bt ? c.t : 1, c.s};
+    int64_t step = 1;
+    for (int d = 3; d >= 0; --d) {
+      x.bias_stride[d] = dims[d] == 1 ? 0 : step;
+      step *= dims[d];
+    }
+    float* bias = static_cast<float*>(alloc(step, 4));
+    fill_normal(bias, step, seed + 3000);
+    x.bias = bias;
+  }
+  if (c.mask) {
+    const int64_t elems = int64_t(c.b) * c.t * c.s;
+    std::vector<uint8_t> m(elems);
+    for (auto& v : m) v = rng.next() % 5 != 0;
+    x.mask = static_cast<const uint8_t*>(upload(m.data(), elems));
+    x.mask_stride[0] = int64_t(c.t) * c.s; x.mask_stride[1] = 0; x.mask_stride[2] = c.s; x.mask_stride[3] = 1;
+  }
+  x.softcap = c.softcap;
+  x.per_element = x.bias || x.mask || x.softcap != 0.f;
+
   const int64_t obs = c.big_batch_stride > 0 ? c.big_batch_stride : int64_t(c.t) * qrow;
   const int64_t o_elems = obs * (c.b - 1) + int64_t(c.t) * qrow;
   E* o = static_cast<E*>(alloc(o_elems, sizeof(E)));
@@ -297,6 +410,23 @@ int run_checks(const std::vector<Variant>& vars, bool quick) {
       {"large scale 8", 1, 128, 300, 2, 2, 0, U, U, 8.f, false, 0},
       {"packed qkv causal 257", 2, 257, 257, 3, 3, 0, U, 0, 1.f, true, 0},
       {"long 1x2048 gqa4", 1, 2048, 2048, 8, 2, 0, U, U, 1.f, false, 0},
+      // Extras: lengths, segments, bias, mask, softcap, alone and with windows.
+      {"lengths 4x300x333", 4, 300, 333, 2, 1, 0, U, U, 1.f, false, 0, true},
+      {"lengths causal 4x257", 4, 257, 257, 2, 2, -8, U, 0, 1.f, false, 0, true},
+      {"lengths window(40,9) 4x300", 4, 300, 300, 2, 1, 0, 40, 9, 1.f, false, 0, true},
+      {"packed docs 2x700", 2, 700, 700, 2, 2, 0, U, U, 1.f, false, 0, false, 1},
+      {"packed docs causal 2x700", 2, 700, 700, 2, 1, 0, U, 0, 1.f, false, 0, false, 1},
+      {"interleaved segs 1x333", 1, 333, 333, 2, 2, 0, U, U, 1.f, false, 0, false, 2},
+      {"docs+lengths window 4x400", 4, 400, 400, 2, 2, 0, 100, 0, 1.f, false, 0, true, 1},
+      {"bias full 2x200x260", 2, 200, 260, 2, 1, 0, U, U, 1.f, false, 0, false, 0, 1},
+      {"bias [1,N,1,S] causal", 2, 300, 300, 2, 2, 0, U, 0, 1.f, false, 0, false, 0, 2},
+      {"bias [B,1,T,S] neg scale", 2, 190, 250, 2, 2, 0, U, U, -1.f, false, 0, false, 0, 3},
+      {"mask 2x300x350", 2, 300, 350, 2, 1, 0, U, U, 1.f, false, 0, false, 0, 0, true},
+      {"mask causal lengths 4x200", 4, 200, 200, 2, 2, 0, U, 0, 1.f, false, 0, true, 0, 0, true},
+      {"softcap 5 2x300", 2, 300, 300, 2, 2, 0, U, U, 4.f, false, 0, false, 0, 0, false, 5.f},
+      {"softcap neg scale causal", 2, 257, 257, 2, 1, 0, U, 0, -4.f, false, 0, false, 0, 0, false, 3.f},
+      {"everything window(64,32)", 4, 333, 300, 4, 2, -8, 64, 32, 1.f, false, 0, true, 1, 1, true, 8.f},
+      {"everything causal interleaved", 4, 300, 300, 2, 2, 0, U, 0, -1.f, false, 0, true, 2, 3, true, 6.f},
   };
   int failed = 0, total = 0;
   uint64_t seed = 1234;
@@ -384,6 +514,63 @@ int run_bench(const std::vector<Variant>& vars) {
   return 0;
 }
 
+// Issue 5's performance points: hdim 128 (default tiles) at seqlen 16k, TFLOP/s counted over the
+// visible pairs only, next to the dense kernel in the same run.
+int run_bench_extras(const std::vector<Variant>& vars) {
+  const int t = 16384, hdim = 128, heads = 16;
+  void *q, *k, *v, *o;
+  float* lse;
+  const int64_t elems = int64_t(t) * heads * hdim;
+  for (void** ptr : {&q, &k, &v, &o}) CHECK_CUDA(cudaMalloc(ptr, elems * 2));
+  CHECK_CUDA(cudaMalloc(&lse, int64_t(t) * heads * 4));
+  for (void* ptr : {q, k, v}) fill_normal(static_cast<cutlass::bfloat16_t*>(ptr), elems, uint64_t(reinterpret_cast<uintptr_t>(ptr)));
+  // 8 packed documents of 2k: ids j / 2048, and their chunk ranges.
+  std::vector<int> ids(t);
+  for (int j = 0; j < t; ++j) ids[j] = j / 2048;
+  const std::vector<int> ranges = chunk_ranges(ids, 1, t);
+  int *d_ids, *d_ranges;
+  CHECK_CUDA(cudaMalloc(&d_ids, t * 4));
+  CHECK_CUDA(cudaMalloc(&d_ranges, ranges.size() * 4));
+  CHECK_CUDA(cudaMemcpy(d_ids, ids.data(), t * 4, cudaMemcpyHostToDevice));
+  CHECK_CUDA(cudaMemcpy(d_ranges, ranges.data(), ranges.size() * 4, cudaMemcpyHostToDevice));
+  struct Point { const char* name; int left, right; bool docs; };
+  const Point points[] = {{"dense", -1, -1, false},         {"causal", -1, 0, false},
+                          {"window(1024,0)", 1024, 0, false}, {"window(512,512)", 512, 512, false},
+                          {"8 docs of 2k", -1, -1, true},    {"8 docs of 2k causal", -1, 0, true}};
+  std::printf("%-24s %-22s %9s %9s\n", "variant", "point", "ms", "TFLOP/s");
+  for (const Variant& var : vars) {
+    if (!var.bf16 || var.hdim != hdim) continue;
+    for (const Point& pt : points) {
+      FwdParams p{};
+      p.b = 1; p.t = p.s = t; p.h = p.hv = hdim; p.n = p.n_kv = heads; p.group = 1;
+      p.scale = 1.f / std::sqrt(float(hdim)); p.scale_log2 = p.scale * float(M_LOG2E);
+      p.window_left = pt.left < 0 ? kUnbounded : pt.left;
+      p.window_right = pt.right < 0 ? kUnbounded : pt.right;
+      p.is_causal = p.window_right == 0 && p.window_left == kUnbounded;
+      p.dtype = DType::kBFloat16;
+      p.q = q; p.k = k; p.v = v; p.o = o; p.lse = lse;
+      p.q_batch_stride = p.k_batch_stride = p.v_batch_stride = p.o_batch_stride = elems;
+      p.q_row_stride = p.k_row_stride = p.v_row_stride = p.o_row_stride = int64_t(heads) * hdim;
+      p.q_head_stride = p.k_head_stride = p.v_head_stride = p.o_head_stride = hdim;
+      if (pt.docs) {
+        p.extra.q_segment_ids = p.extra.kv_segment_ids = d_ids;
+        p.extra.q_segment_range = p.extra.kv_segment_range = d_ranges;
+        p.extra.q_chunks = p.extra.kv_chunks = t / kSegmentChunk;
+      }
+      double pairs = 0;  // visible (query, key) pairs
+      const Window w{p.window_left, p.window_right};
+      for (int i = 0; i < t; ++i) {
+        Range r = w.keys_of_row(i, t);
+        if (pt.docs) r = Range{std::max(r.lo, i / 2048 * 2048), std::min(r.hi, i / 2048 * 2048 + 2048)};
+        pairs += std::max(0, r.hi - r.lo);
+      }
+      const double ms = time_ms(var, p, sm80::default_fwd_order(p, hdim));
+      std::printf("%-24s %-22s %9.3f %9.1f\n", var.name.c_str(), pt.name, ms, 4.0 * heads * pairs * hdim / ms * 1e-9);
+    }
+  }
+  return 0;
+}
+
 int main(int argc, char** argv) {
   const std::string mode = argc > 1 ? argv[1] : "check";
   cudaDeviceProp prop;
@@ -395,6 +582,7 @@ int main(int argc, char** argv) {
   }
   if (mode == "check" || mode == "quick") return run_checks(vars, mode == "quick");
   if (mode == "bench") return run_bench(vars);
+  if (mode == "bench_extras") return run_bench_extras(vars);
   if (mode == "list") {
     for (const Variant& v : vars) std::printf("%s\n", v.name.c_str());
     return 0;
