@@ -14,17 +14,17 @@
 //   dQ  = dS K      (added into float32 dq_accum: vector atomics, or on sm90 with kBulkDq
 //                    one TMA reduction per warp tile, staged in shared memory)
 // P and dS go through shared memory so the transposed products can read them with
-// ldmatrix.trans.
-//
-// Extras (kExtras, common/mask.h): lengths shrink the key block and the band (rows past
-// q_seqlen load as zeros and add nothing); segment ids drop the query blocks whose id span
-// cannot meet the CTA's keys (counted before the loop, so the prefetch always loads the next
-// visited block); tiles with bias, mask or softcap, or with more than one segment id, take
-// the element path: every pair through Extras::visible and Extras::logit, and
-//   P = exp(logit - lse)   dS = P * (dP - delta)   dbias += dS   dS *= 1 - tanh^2 (softcap)
-// before the same dK/dV/dQ products. Other tiles run the fast step of the no-extras kernel. Every shared tile is stored as rows of 16-byte chunks whose chunk index
+// ldmatrix.trans. Every shared tile is stored as rows of 16-byte chunks whose chunk index
 // is XORed with (row % 8): ldmatrix and cp.async then touch 8 distinct chunks per 8 rows,
 // free of bank conflicts.
+//
+// Extras (kExtras != kNoExtras, common/mask.h): lengths shrink the key block and the band
+// (rows past q_seqlen load as zeros and add nothing); segment ids drop the query blocks
+// whose id span cannot meet the CTA's keys (counted before the loop, so the prefetch always
+// loads the next visited block); tiles with bias, mask or softcap, or with more than one
+// segment id, take the element path: every pair through Extras::visible and Extras::logit,
+//   P = exp(logit - lse)   dS = P * (dP - delta)   dbias += dS   dS *= 1 - tanh^2 (softcap)
+// before the same dK/dV/dQ products. Other tiles run the fast step of the no-extras kernel.
 #pragma once
 
 #include <cuda.h>  // CUtensorMap
@@ -278,6 +278,15 @@ __device__ __forceinline__ void load_tile(uint32_t dst, const Element* src, int6
   }
 }
 
+// What one instantiation handles beyond the dense problem. Bias, dbias and softcap get their
+// own kernel: their element path needs registers that spilled 16 dK/dV accumulators (and
+// ~190 bytes in all, sm_90) in a kernel that also served lengths and segments.
+enum BwdExtras : int {
+  kNoExtras = 0,
+  kMasks = 1,   // lengths, segment ids, dense mask: visibility only
+  kLogits = 2,  // and bias (with dbias) and softcap: the logits change too
+};
+
 // The no-extras kernel's stand-in for Extras: full lengths, nothing else.
 struct NoExtras {
   int valid_rows, valid_keys;
@@ -288,7 +297,7 @@ struct NoExtras {
 // ---------------------------------------------------------------------------------------
 // The kernel.
 
-template <typename Element, typename Cfg, bool kExtras>
+template <typename Element, typename Cfg, int kExtras>
 __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm)
     bwd_kernel(const __grid_constant__ BwdParams p, const __grid_constant__ CUtensorMap dq_map) {
   constexpr int kH = Cfg::kHeadDim;
@@ -319,7 +328,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm)
   const int batch = blockIdx.z;
   const int n_start = n_block * kBc;
   // Lengths: keys >= key_end and rows >= row_end see nothing (p.s and p.t without extras).
-  std::conditional_t<kExtras, Extras, NoExtras> ex(p, batch, kv_head * p.group);
+  std::conditional_t<kExtras != kNoExtras, Extras, NoExtras> ex(p, batch, kv_head * p.group);
   const int key_end = ex.valid_keys;
   const int row_end = ex.valid_rows;
   // <= 0 (extras only) when the whole key block lies past kv_seqlen: dK = dV = 0.
@@ -339,7 +348,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm)
                            ? min(int64_t{row_end}, int64_t{n_start} + n_valid + p.window_left)
                            : int64_t{row_end};
   const int m_begin = first_block(n_start);
-  const int m_end = (!kExtras || n_valid > 0) && i_hi > i_lo
+  const int m_end = (kExtras == kNoExtras || n_valid > 0) && i_hi > i_lo
                         ? static_cast<int>((i_hi + kBr - 1) / kBr)
                         : m_begin;
   const int num_m = m_end - m_begin;
@@ -349,12 +358,12 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm)
   int m_lo = m_begin, m_hi = m_end, num_visited = num_m;
   int2 key_span = make_int2(0, 0);
   auto block_meets = [&](int m) {
-    if constexpr (kExtras) {
+    if constexpr (kExtras != kNoExtras) {
       return Extras::spans_meet(ex.row_span(m * kBr, min(m * kBr + kBr, row_end)), key_span);
     }
     return true;
   };
-  if constexpr (kExtras) {
+  if constexpr (kExtras != kNoExtras) {
     if (ex.has_segments() && num_m > 0) {
       key_span = ex.key_span(n_start, n_start + n_valid);
       // Reduced in the P tile, which the first step writes only after its barrier.
@@ -423,7 +432,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm)
   // Steps walk the query blocks [m_begin, m_end) of each head of the group in turn, from
   // m_first on and wrapping around (m_first = m_begin unless kRotate; the extras kernel
   // does not rotate, and walks the visited blocks [m_lo, m_hi)).
-  constexpr bool kRotate = Cfg::kRotate && !kExtras;
+  constexpr bool kRotate = Cfg::kRotate && kExtras == kNoExtras;
   const int m_first = kRotate && num_m > 0 ? m_begin + n_block % num_m : m_lo;
   int head = kv_head * p.group;
   int m_blk = m_first;
@@ -455,7 +464,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm)
       const bool last_of_head = m_blk + 1 == (m_first == m_begin ? m_end : m_first);
       next_m = last_of_head ? m_first : (m_blk + 1 == m_end ? m_begin : m_blk + 1);
       next_head += last_of_head;
-    } else if constexpr (kExtras) {
+    } else if constexpr (kExtras != kNoExtras) {
       int m = m_blk + 1;
       if (ex.has_segments()) {
         while (m < m_hi && !block_meets(m)) ++m;
@@ -483,7 +492,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm)
     // The element path (extras only): bias, mask or softcap on every tile; segment ids where
     // the tile holds more than one.
     bool element = false;
-    if constexpr (kExtras) {
+    if constexpr (kExtras != kNoExtras) {
       ex.head = head;
       element = ex.per_element() ||
                 (ex.has_segments() &&
@@ -553,9 +562,9 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm)
     // s and, in dp, dS as the gradient to scale * q.k (after the softcap factor); dbias gets
     // dS = d loss / d logit. Hidden pairs and rows with lse = -inf give P = dS = 0.
     auto element_step = [&](float (&x)[kSdPMT][kSdPNT][4], float (&y)[kSdPMT][kSdPNT][4]) {
-      if constexpr (kExtras) {
+      if constexpr (kExtras != kNoExtras) {
         const Window window{p.window_left, p.window_right};
-        const bool transforms = ex.transforms();
+        const bool transforms = kExtras == kLogits && ex.transforms();
         const int lane_now = lane_id();
 #pragma unroll
         for (int mt = 0; mt < kSdPMT; ++mt) {
@@ -578,7 +587,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm)
                   pv = transforms ? exp2f(fmaf(ex.logit(pv * p.scale, i, j, th), kLog2e, -lse2))
                                   : exp2f(fmaf(pv, p.scale_log2, -lse2));
                   ds = pv * (ds - delta);
-                  if (p.dbias != nullptr) {
+                  if (kExtras == kLogits && p.dbias != nullptr) {
                     red_add_f32(p.dbias + ex.pair_offset(p.extra.bias_stride, i, j), ds);
                   }
                   if (transforms) ds *= 1.f - th * th;  // th = 0 without softcap

@@ -28,11 +28,13 @@ inline bool all_multiple_of(int64_t m, int64_t a, int64_t b, int64_t c) {
   return a % m == 0 && b % m == 0 && c % m == 0;
 }
 
-// Any extra input (lengths, segments, bias, mask, softcap): the extras kernel runs.
-inline bool has_extras(const BwdParams& p) {
+// The kernel a call needs (BwdExtras): bias or softcap change the logits; lengths, segments
+// and the mask only hide pairs; nothing extra runs the dense kernel.
+inline int extras_mode(const BwdParams& p) {
   const ExtraParams& e = p.extra;
-  return e.q_seqlen || e.kv_seqlen || e.q_segment_ids || e.kv_segment_ids || e.bias || e.mask ||
-         e.softcap != 0.f;
+  if (e.bias || e.softcap != 0.f) return kLogits;
+  if (e.q_seqlen || e.kv_seqlen || e.q_segment_ids || e.kv_segment_ids || e.mask) return kMasks;
+  return kNoExtras;
 }
 
 // The extras are consistent: segment ids come in pairs with their chunk ranges, dbias only
@@ -127,11 +129,14 @@ bool device_fits() {
 }
 
 // Launches Cfg; dq_map is read only by kBulkDq configs. A call without extras runs the
-// kernel compiled without them (the extras kernel holds more registers).
+// kernel compiled without them (the extras kernels hold more registers).
 template <typename Element, typename Cfg>
 cudaError_t launch(const BwdParams& params, const CUtensorMap& dq_map, cudaStream_t stream) {
   const dim3 grid((params.s + Cfg::kBlockN - 1) / Cfg::kBlockN, params.n_kv, params.b);
-  auto* kernel = has_extras(params) ? &bwd_kernel<Element, Cfg, true> : &bwd_kernel<Element, Cfg, false>;
+  const int mode = extras_mode(params);
+  auto* kernel = mode == kLogits  ? &bwd_kernel<Element, Cfg, kLogits>
+                 : mode == kMasks ? &bwd_kernel<Element, Cfg, kMasks>
+                                  : &bwd_kernel<Element, Cfg, kNoExtras>;
   if constexpr (Cfg::kSmemBytes > 48 * 1024) {
     const cudaError_t err = cudaFuncSetAttribute(
         kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmemBytes);

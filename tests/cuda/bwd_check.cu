@@ -659,9 +659,9 @@ void time_config(const char* cfg_name, const std::vector<int>& seqlens, bool onc
   for (bf16* ptr : {q, k, v, dout}) fill_normal_bf16<<<1024, 256>>>(ptr, elems, seed++);
   CK(cudaMemset(dq, 0, elems * sizeof(float)));
   int ctas = 0;
-  CK(cudaFuncSetAttribute(jax_flash::sm80::bwd::bwd_kernel<bf16, Cfg, false>,
+  CK(cudaFuncSetAttribute(jax_flash::sm80::bwd::bwd_kernel<bf16, Cfg, jax_flash::sm80::bwd::kNoExtras>,
                           cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmemBytes));
-  CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&ctas, jax_flash::sm80::bwd::bwd_kernel<bf16, Cfg, false>,
+  CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&ctas, jax_flash::sm80::bwd::bwd_kernel<bf16, Cfg, jax_flash::sm80::bwd::kNoExtras>,
                                                    Cfg::kThreads, Cfg::kSmemBytes));
   std::printf("config %s: %d threads, %d B smem, %d CTA(s)/SM\n", cfg_name, Cfg::kThreads,
               Cfg::kSmemBytes, ctas);
@@ -813,8 +813,12 @@ template <int H, int kBits>
 int check_variant() {
   char name[32];
   std::snprintf(name, sizeof name, "h%d var%d", H, kBits);
-  // The TMA paths are new: every case; the others share the checked code: the quick set.
-  return run_cases<bf16, ByConfig<Variant<H, kBits>>>(name, (kBits & 1) == 0);
+  // The TMA paths get every case (and the extras); the others share the checked code: the
+  // quick set.
+  const bool quick = (kBits & 1) == 0;
+  int fails = run_cases<bf16, ByConfig<Variant<H, kBits>>>(name, quick);
+  if (!quick) fails += run_extra_cases<bf16, ByConfig<Variant<H, kBits>>>(name, false);
+  return fails;
 }
 
 // One variant (a process each, so that a crash or hang stays with its variant): its checks,
