@@ -279,8 +279,11 @@ __device__ __forceinline__ void load_tile(uint32_t dst, const Element* src, int6
 }
 
 // What one instantiation handles beyond the dense problem. Bias, dbias and softcap get their
-// own kernel: their element path needs registers that spilled 16 dK/dV accumulators (and
-// ~190 bytes in all, sm_90) in a kernel that also served lengths and segments.
+// own kernel: one kernel for all extras spilled 16 dK/dV accumulators around the dK/dV
+// products of every step (240 bytes, hdim 128 Sm90Config, sm_90), which cost the packed-
+// document case 9% (H200: 240 -> 263 TFLOP/s after the split). ptxas now, spill stores /
+// loads in bytes, sm_90 Sm90Config: hdim 64 kMasks 8 / 20, kLogits 48 / 36; hdim 128 kMasks
+// 36 / 52 (loop scalars, ~8 LDL per step), kLogits 192 / 140; hdim 256 none.
 enum BwdExtras : int {
   kNoExtras = 0,
   kMasks = 1,   // lengths, segment ids, dense mask: visibility only
@@ -558,13 +561,25 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm)
       }
     };
 
-    // The element path: every rule per pair, logits through softcap and bias. Leaves P in
-    // s and, in dp, dS as the gradient to scale * q.k (after the softcap factor); dbias gets
-    // dS = d loss / d logit. Hidden pairs and rows with lse = -inf give P = dS = 0.
-    auto element_step = [&](float (&x)[kSdPMT][kSdPNT][4], float (&y)[kSdPMT][kSdPNT][4]) {
+    // Shared address of the two values store_scores writes for (mt, nt, half) of `tile`.
+    // Each such 4-byte slot of the dS tile belongs to one thread until the mid-step barrier,
+    // so the element path parks the softcap derivatives there until dS overwrites them.
+    auto score_slot = [&](uint32_t tile, int mt, int nt, int half) {
+      const int lane_now = lane_id();
+      const int gg = lane_now / 4;
+      return tile + (sdp_m0 + gg + mt * 16 + half * 8) * (kBc * 2) + (lane_now % 4) * 4 +
+             ((((sdp_n0 >> 3) + nt) ^ gg) << 4);
+    };
+
+    // The element path, before dP: every rule per pair (Extras::visible), logits through
+    // softcap and bias (Extras::logit), P = exp(logit - lse) in place; hidden pairs and rows
+    // with lse = -inf give P = 0, so dS below is 0 there too. With softcap, 1 - tanh^2 of
+    // each pair waits in its dS slot (half precision: dS is rounded to 16 bits anyway).
+    auto element_exp = [&](float (&x)[kSdPMT][kSdPNT][4]) {
       if constexpr (kExtras != kNoExtras) {
         const Window window{p.window_left, p.window_right};
         const bool transforms = kExtras == kLogits && ex.transforms();
+        const bool softcap = kExtras == kLogits && p.extra.softcap != 0.f;
         const int lane_now = lane_id();
 #pragma unroll
         for (int mt = 0; mt < kSdPMT; ++mt) {
@@ -574,27 +589,64 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm)
             const int i = m0 + r;
             const float lse = sLse[stage * kBr + r];
             const float lse2 = lse == -INFINITY ? INFINITY : lse * kLog2e;
-            const float delta = sDelta[stage * kBr + r];
 #pragma unroll
             for (int nt = 0; nt < kSdPNT; ++nt) {
+              float th[2] = {0.f, 0.f};
 #pragma unroll
               for (int c = 0; c < 2; ++c) {
                 const int j = n_start + sdp_n0 + nt * 8 + 2 * (lane_now % 4) + c;
-                float& pv = x[mt][nt][half * 2 + c];
-                float& ds = y[mt][nt][half * 2 + c];
-                if (ex.visible(window, i, j)) {
-                  float th;
-                  pv = transforms ? exp2f(fmaf(ex.logit(pv * p.scale, i, j, th), kLog2e, -lse2))
-                                  : exp2f(fmaf(pv, p.scale_log2, -lse2));
-                  ds = pv * (ds - delta);
-                  if (kExtras == kLogits && p.dbias != nullptr) {
-                    red_add_f32(p.dbias + ex.pair_offset(p.extra.bias_stride, i, j), ds);
-                  }
-                  if (transforms) ds *= 1.f - th * th;  // th = 0 without softcap
+                float& v = x[mt][nt][half * 2 + c];
+                if (!ex.visible(window, i, j)) {
+                  v = 0.f;
+                } else if (transforms) {
+                  v = exp2f(fmaf(ex.logit(v * p.scale, i, j, th[c]), kLog2e, -lse2));
                 } else {
-                  pv = 0.f;
-                  ds = 0.f;
+                  v = exp2f(fmaf(v, p.scale_log2, -lse2));
                 }
+              }
+              if (softcap) {
+                const __half2 d = __floats2half2_rn(1.f - th[0] * th[0], 1.f - th[1] * th[1]);
+                asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(score_slot(sDS, mt, nt, half)),
+                             "r"(*reinterpret_cast<const uint32_t*>(&d))
+                             : "memory");
+              }
+            }
+          }
+        }
+      }
+    };
+
+    // kLogits, after dS = P * (dP - delta) = d loss / d logit: dbias += dS on the pairs
+    // with P > 0 (hidden pairs add nothing), then dS *= 1 - tanh^2 with softcap, the
+    // gradient to scale * q.k that dQ and dK take.
+    auto logit_grads = [&](const float (&pr)[kSdPMT][kSdPNT][4], float (&ds)[kSdPMT][kSdPNT][4]) {
+      if constexpr (kExtras == kLogits) {
+        const bool softcap = p.extra.softcap != 0.f;
+        const int lane_now = lane_id();
+#pragma unroll
+        for (int mt = 0; mt < kSdPMT; ++mt) {
+#pragma unroll
+          for (int half = 0; half < 2; ++half) {
+            const int i = m0 + sdp_m0 + mt * 16 + lane_now / 4 + half * 8;
+#pragma unroll
+            for (int nt = 0; nt < kSdPNT; ++nt) {
+              float2 d = make_float2(1.f, 1.f);
+              if (softcap) {
+                uint32_t bits;
+                asm volatile("ld.shared.b32 %0, [%1];\n"
+                             : "=r"(bits)
+                             : "r"(score_slot(sDS, mt, nt, half))
+                             : "memory");
+                d = __half22float2(*reinterpret_cast<const __half2*>(&bits));
+              }
+#pragma unroll
+              for (int c = 0; c < 2; ++c) {
+                float& g = ds[mt][nt][half * 2 + c];
+                if (p.dbias != nullptr && pr[mt][nt][half * 2 + c] != 0.f) {
+                  const int j = n_start + sdp_n0 + nt * 8 + 2 * (lane_now % 4) + c;
+                  red_add_f32(p.dbias + ex.pair_offset(p.extra.bias_stride, i, j), g);
+                }
+                g *= c == 0 ? d.x : d.y;
               }
             }
           }
@@ -626,39 +678,8 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm)
 
     float s[kSdPMT][kSdPNT][4];
     float dp[kSdPMT][kSdPNT][4];
-    if constexpr (Cfg::kLateExp) {
-      // S = Q K^T and dP = dO V^T back to back, then the exponentials: no branch or smem
-      // store separates the SFU work from the dP products.
-      if (!element) compute_mask();
-      zero(s);
-      warp_gemm<Element, kSdPMT, kSdPNT, kH, false, kH, false, kH>(s, sQ, sdp_m0, sK, sdp_n0);
-      zero(dp);
-      warp_gemm<Element, kSdPMT, kSdPNT, kH, false, kH, false, kH>(dp, sDO, sdp_m0, sV, sdp_n0);
-      if (element) {
-        element_step(s, dp);
-      } else {
-        exponentiate(s);
-      }
-      store_scores(sP, s);
-    } else {
-      // S = Q K^T, then P in place, stored to smem before dP = dO V^T is computed (the
-      // element path needs dP first).
-      zero(s);
-      warp_gemm<Element, kSdPMT, kSdPNT, kH, false, kH, false, kH>(s, sQ, sdp_m0, sK, sdp_n0);
-      if (!element) {
-        compute_mask();
-        exponentiate(s);
-        store_scores(sP, s);
-      }
-      zero(dp);
-      warp_gemm<Element, kSdPMT, kSdPNT, kH, false, kH, false, kH>(dp, sDO, sdp_m0, sV, sdp_n0);
-      if (element) {
-        element_step(s, dp);
-        store_scores(sP, s);
-      }
-    }
-    // dS = P * (dP - delta) (the element path has done it).
-    if (!element) {
+    // dS = P * (dP - delta), in place in dp.
+    auto grad_scores = [&]() {
 #pragma unroll
       for (int mt = 0; mt < kSdPMT; ++mt) {
 #pragma unroll
@@ -674,6 +695,34 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm)
           }
         }
       }
+    };
+    if (Cfg::kLateExp && !element) {
+      // S = Q K^T and dP = dO V^T back to back, then the exponentials: no branch or smem
+      // store separates the SFU work from the dP products.
+      compute_mask();
+      zero(s);
+      warp_gemm<Element, kSdPMT, kSdPNT, kH, false, kH, false, kH>(s, sQ, sdp_m0, sK, sdp_n0);
+      zero(dp);
+      warp_gemm<Element, kSdPMT, kSdPNT, kH, false, kH, false, kH>(dp, sDO, sdp_m0, sV, sdp_n0);
+      exponentiate(s);
+      store_scores(sP, s);
+      grad_scores();
+    } else {
+      // S = Q K^T, then P in place, stored to smem before dP = dO V^T is computed (the
+      // element path always: dP is not live beside its temporaries).
+      zero(s);
+      warp_gemm<Element, kSdPMT, kSdPNT, kH, false, kH, false, kH>(s, sQ, sdp_m0, sK, sdp_n0);
+      if (element) {
+        element_exp(s);
+      } else {
+        compute_mask();
+        exponentiate(s);
+      }
+      store_scores(sP, s);
+      zero(dp);
+      warp_gemm<Element, kSdPMT, kSdPNT, kH, false, kH, false, kH>(dp, sDO, sdp_m0, sV, sdp_n0);
+      grad_scores();
+      if (element) logit_grads(s, dp);
     }
     store_scores(sDS, dp);
     __syncthreads();
