@@ -38,8 +38,8 @@ inline int extras_mode(const BwdParams& p) {
 }
 
 // The extras are consistent: segment ids come in pairs with their chunk ranges, dbias only
-// with a bias, and per_element says exactly whether bias, mask or softcap is present (the
-// kernel trusts it to route tiles to the element path).
+// with a bias, and per_element is set where bias, mask or softcap is present (the kernel
+// trusts it to route every tile to the element path).
 inline bool extras_consistent(const BwdParams& p) {
   const ExtraParams& e = p.extra;
   if ((e.q_segment_ids == nullptr) != (e.kv_segment_ids == nullptr)) return false;
@@ -50,7 +50,7 @@ inline bool extras_consistent(const BwdParams& p) {
     return false;
   }
   if (p.dbias != nullptr && e.bias == nullptr) return false;
-  if (e.per_element != (e.bias != nullptr || e.mask != nullptr || e.softcap != 0.f)) return false;
+  if (!e.per_element && (e.bias != nullptr || e.mask != nullptr || e.softcap != 0.f)) return false;
   return !std::isnan(e.softcap);
 }
 
