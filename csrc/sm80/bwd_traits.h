@@ -116,7 +116,8 @@ struct BwdTraits<64> {
 // H200 (bwd_check variant, one run, 2026-11-21): TL 282 / 295 / 297, 246 / 279 / 296;
 //   L 284 / 296 / 298, 247 / 279 / 299 (TMA dQ buys nothing there). One barrier per step
 //   instead of two (Q/dO in 3 stages, P/dS in 2, no dQ staging: 225 KB) ran 282 / 296 / 298,
-//   246 / 279 / 297: the barriers are not what limits it; dropped.
+//   246 / 279 / 297: the barriers are not what limits it; dropped. S and dP in one k loop
+//   (twice the independent MMAs per k step) ran 1-4% slower; dropped.
 //   End to end (examples/benchmark.py --peers jax_flash_sm80,cudnn, one run), bwd TFLOP/s at
 //   2k / 4k / 8k / 16k: 271 / 281 / 291 / 298 non-causal (0.58 / 0.59 / 0.57 / 0.56 of cuDNN),
 //   217 / 251 / 272 / 297 causal (0.59 / 0.59 / 0.60 / 0.58).
