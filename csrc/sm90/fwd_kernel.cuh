@@ -95,11 +95,11 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
       for (int linear = blockIdx.x; linear < sched.num_tiles; linear += gridDim.x) {
         const Tile tile = sched.tile(linear);
         if constexpr (kExtras) {
-          const ExtraKeyBlocks<kBlockM, kBlockN> blocks(p, tile.m_block, tile.batch, tile.head);
+          ExtraKeyBlocks<kBlockM, kBlockN> blocks(p, tile.m_block, tile.batch, tile.head);
           if (blocks.empty()) continue;
           Mainloop::load(kp, st, tile, blocks, k_write, v_write, q_iter);
         } else {
-          const KeyBlocks blocks = key_blocks<kBlockM, kBlockN>(p, tile.m_block);
+          KeyBlocks blocks = key_blocks<kBlockM, kBlockN>(p, tile.m_block);
           if (blocks.empty()) continue;
           Mainloop::load(kp, st, tile, blocks, k_write, v_write, q_iter);
         }
@@ -128,7 +128,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
       const int row0 = tile.m_block * kBlockM;
       float lse[kRows];
       if constexpr (kExtras) {
-        const ExtraKeyBlocks<kBlockM, kBlockN> blocks(p, tile.m_block, tile.batch, tile.head);
+        ExtraKeyBlocks<kBlockM, kBlockN> blocks(p, tile.m_block, tile.batch, tile.head);
         if (!blocks.empty()) {
           Mainloop::compute(kp, st, tile, blocks, k_read, v_read, q_iter, pingpong, ctid, acc_o,
                             softmax);
@@ -147,7 +147,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
           }
         }
       } else {
-        const KeyBlocks blocks = key_blocks<kBlockM, kBlockN>(p, tile.m_block);
+        KeyBlocks blocks = key_blocks<kBlockM, kBlockN>(p, tile.m_block);
         if (!blocks.empty()) {
           Mainloop::compute(kp, st, tile, blocks, k_read, v_read, q_iter, pingpong, ctid, acc_o,
                             softmax);

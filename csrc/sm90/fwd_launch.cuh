@@ -49,12 +49,6 @@ __global__ void fwd_empty_rows_kernel(const __grid_constant__ FwdParams p) {
   }
 }
 
-// Any extra that changes what a row sees or how its logits are formed: the kExtras kernel.
-inline bool has_extras(const ExtraParams& e) {
-  return e.q_seqlen || e.kv_seqlen || e.q_segment_ids || e.per_element || e.bias || e.mask ||
-         e.softcap != 0.f;
-}
-
 // The extras' own consistency: segment ids come with their per-chunk ranges on both sides.
 inline bool extras_valid(const AttnParams& p) {
   const ExtraParams& e = p.extra;
@@ -64,16 +58,24 @@ inline bool extras_valid(const AttnParams& p) {
          e.kv_chunks == (p.s + kSegmentChunk - 1) / kSegmentChunk;
 }
 
+// Any extra that changes what a row sees or how its logits are formed: the kExtras kernel.
+inline bool has_extras(const ExtraParams& e) {
+  return e.q_seqlen || e.kv_seqlen || e.q_segment_ids || e.per_element || e.bias || e.mask ||
+         e.softcap != 0.f;
+}
+
 // The tile order (scheduler.cuh): rows fastest unless the work per q-block grows along the
 // sequence; then heavy first, in sections of (batch, head) pairs whose K and V together take at
-// most kSectionBytes, so the K/V that the running CTAs read stays in L2 (50 MB on H100).
-inline int tile_section(const AttnParams& p, int64_t kv_bytes_per_row) {
-  constexpr int64_t kSectionBytes = int64_t(32) << 20;
-  if (!heavy_first_order(p)) return 0;
+// most section_bytes (fwd_traits.h kSectionBytes, measured). Also heavy first under extras:
+// with lengths the empty q-blocks are the last of each (batch, head), and rows fastest handed
+// them to the same CTAs (CTA c takes q-blocks c, c + 4, ... of 128): seqlen 16k with q and kv
+// lengths 8k ran at 0.46 of the dense rate instead of near 1 (H200, hdim 128).
+inline int tile_section(const AttnParams& p, int64_t kv_bytes_per_row, int64_t section_bytes) {
+  if (!heavy_first_order(p) && !has_extras(p.extra)) return 0;
   const int64_t num_bh = int64_t(p.b) * p.n;
   // GQA: the `group` query heads next to each other read one K/V head.
   const int64_t bytes_per_bh = std::max<int64_t>(int64_t(p.s) * kv_bytes_per_row / p.group, 1);
-  return int(std::clamp<int64_t>(kSectionBytes / bytes_per_bh, 1, num_bh));
+  return int(std::clamp<int64_t>(section_bytes / bytes_per_bh, 1, num_bh));
 }
 
 // section: the tile order (scheduler.cuh), or -1 for tile_section()'s choice.
@@ -118,7 +120,7 @@ cudaError_t launch_fwd(const FwdParams& p, cudaStream_t stream, int section) {
       p,
       int(num_m_blocks),
       section >= 0 ? int(std::min<int64_t>(section, int64_t(p.b) * p.n))
-                   : tile_section(p, int64_t(2) * p.h * sizeof(Element))};
+                   : tile_section(p, int64_t(2) * p.h * sizeof(Element), Traits::kSectionBytes)};
 
   auto kernel = has_extras(p.extra) ? &fwd_kernel<Traits, true> : &fwd_kernel<Traits, false>;
   constexpr int kSmem = Traits::kSmemBytes;

@@ -51,7 +51,7 @@ struct FwdMainloop {
   // whose next() is warp-collective; lane 0 issues); the loads follow blocks.next().
   template <class Blocks>
   static __device__ __forceinline__ void load(const Params& kp, Storage& st, const Tile& tile,
-                                              const Blocks& blocks, Pipe& k_write,
+                                              Blocks& blocks, Pipe& k_write,
                                               Pipe& v_write, int q_iter) {
     using namespace cute;
     const FwdParams& p = kp.fwd;
@@ -121,7 +121,7 @@ struct FwdMainloop {
   // acc_o (zeroed by the caller) receives the unnormalized O; softmax the row statistics.
   template <class Blocks, class AccO, class Softmax>
   static __device__ __forceinline__ void compute(const Params& kp, Storage& st, const Tile& tile,
-                                                 const Blocks& blocks, Pipe& k_read,
+                                                 Blocks& blocks, Pipe& k_read,
                                                  Pipe& v_read, int q_iter,
                                                  const PingPong<Traits::kPingPong>& pingpong,
                                                  int ctid, AccO& acc_o, Softmax& softmax) {
@@ -160,20 +160,20 @@ struct FwdMainloop {
     }
 
     // Masked scores -> probabilities in s_rc; true when O must be rescaled by `factor`.
-    // masked: std::true_type / std::false_type for the window mask or none; a bool (extras
-    // kernel) for the element path of extras_tile or none.
+    // masked: std::true_type for the element mask (mask_tile, or extras_tile in the extras
+    // kernel), std::false_type for none.
     auto softmax_step = [&](int n, auto masked, float (&factor)[kRows]) __attribute__((always_inline)) {
       if (negate) {
         CUTE_UNROLL
         for (int i = 0; i < size(acc_s); ++i) acc_s(i) = -acc_s(i);
       }
-      if constexpr (kExtras) {
-        if (masked) {
+      if constexpr (decltype(masked)::value) {
+        if constexpr (kExtras) {
           extras_tile(s_rc, s_coord, row0, n * kBlockN, window, blocks.ext,
                       fmaxf(fabsf(p.scale), FLT_MIN));
+        } else {
+          mask_tile(s_rc, s_coord, row0, n * kBlockN, window, p.s);
         }
-      } else if constexpr (decltype(masked)::value) {
-        mask_tile(s_rc, s_coord, row0, n * kBlockN, window, p.s);
       }
       return softmax.update(s_rc, scale_log2, factor);
     };
@@ -186,11 +186,7 @@ struct FwdMainloop {
       wgmma_wait<0>(acc_s);
       release(st.k_empty, k_read);
       float factor[kRows];
-      if constexpr (kExtras) {
-        softmax_step(blocks.n_hi, blocks.element(blocks.n_hi), factor);
-      } else {
-        softmax_step(blocks.n_hi, std::true_type{}, factor);
-      }
+      softmax_step(blocks.n_hi, std::true_type{}, factor);
       convert_fragment(acc_s, p16);
     }
 
@@ -223,16 +219,22 @@ struct FwdMainloop {
     // Separate instantiations for masked and unmasked blocks: the element mask costs a
     // compare and select per score, and most blocks of long rows need none.
     if constexpr (kExtras) {
-      // One instantiation; the block decides at run time whether it takes the element path.
+      // Each block decides at run time whether it takes the element path; the next visited
+      // block and its decision are found while the products are in flight.
       int n = blocks.next(blocks.n_hi);
       bool element = n >= blocks.n_lo && blocks.element(n);
       while (n >= blocks.n_lo) {
         int following = n;
         bool following_element = false;
-        step(n, element, [&]() {
+        auto find_next = [&]() {
           following = blocks.next(n);
           following_element = following >= blocks.n_lo && blocks.element(following);
-        });
+        };
+        if (element) {
+          step(n, std::true_type{}, find_next);
+        } else {
+          step(n, std::false_type{}, find_next);
+        }
         n = following;
         element = following_element;
       }

@@ -105,6 +105,15 @@ struct FwdTraits {
   static constexpr int kSmemBytes = int(sizeof(SharedStorage));
   static_assert(kSmemBytes <= 227 * 1024, "shared memory per block on sm90 is 227 KB");
 
+  // Heavy-first tile order (scheduler.cuh): sections of (batch, head) pairs whose K and V take
+  // at most this many bytes. Causal forward, bf16, 16k tokens, H200 (tests/cuda/sm90_notes.md
+  // has the table), TFLOP/s at seqlen 512/1k/2k/4k/8k/16k:
+  //   hdim 128, 64 MB:  262/360/447/533/569/584  (rows first 199/326/405/495/559/437,
+  //                     every pair in one section 243/352/427/504/535/621)
+  //   hdim 256, 64 MB:  253/375/480/555/616/591  (rows first 200/363/520/578/480/458)
+  //   hdim 64,  32 MB:  197/285/354/383/403/421  (64 MB 200/281/335/382/395/413)
+  static constexpr int64_t kSectionBytes = int64_t(kHeadDim <= 64 ? 32 : 64) << 20;
+
   static constexpr uint32_t kQBytes = kBlockM * kHeadDim * sizeof(Element);
   static constexpr uint32_t kKVBytes = kBlockN * kHeadDim * sizeof(Element);
 

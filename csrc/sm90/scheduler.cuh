@@ -16,6 +16,8 @@
 //                  in L2 (section = every pair: 132 CTAs on 132 heads' K/V at once).
 #pragma once
 
+#include <climits>
+
 #include <cute/config.hpp>
 
 #include "common/mask.h"
@@ -88,18 +90,24 @@ __device__ __forceinline__ KeyBlocks key_blocks(const AttnParams& p, int m_block
 // its 16-key chunks has an id range that meets the tile's row id range (both sides call next(),
 // so they agree on the sequence). Rows >= valid_rows are left to the epilogue (O = 0,
 // lse = -inf), so they never force the element path.
-// Warp-collective: every lane of a warp constructs it and calls next() with the same values
-// (each lane tests one of 32 blocks, a ballot picks the highest hit), so skipping a long run of
-// other documents' blocks costs one round of loads per 32 blocks.
+// Warp-collective: every lane of a warp constructs it and calls next() with the same values.
+// The segment tests run 32 blocks at a time (each lane loads one block's chunk ranges; ballots
+// keep the answers as bit masks), so walking or skipping blocks costs one round of loads per 32
+// blocks: one load round per block made the producer thread the bottleneck of packed documents.
 template <int kBlockM, int kBlockN>
 struct ExtraKeyBlocks : KeyBlocks {
   static constexpr int kChunks = kBlockN / kSegmentChunk;  // segment chunks per key block
   static_assert(kBlockN % kSegmentChunk == 0, "key blocks hold whole segment chunks");
+  static_assert(kBlockM / kSegmentChunk <= 32, "one lane per row chunk");
   Extras ext;
-  int2 row_ids;  // (min, max) segment id of the tile's valid rows
+  int2 row_ids;          // (min, max) segment id of the tile's valid rows
+  int top;               // the segment tests cached for blocks top, top - 1, ..., top - 31:
+  unsigned meets_bits;   //   bit k: block top - k may hold a matching pair (visited)
+  unsigned match_bits;   //   bit k: every pair of block top - k matches (no element test)
 
   __device__ __forceinline__ ExtraKeyBlocks(const AttnParams& p, int m_block, int batch, int head)
-      : KeyBlocks{1, 0, 1, 0}, ext(p, batch, head), row_ids{0, 0} {
+      : KeyBlocks{1, 0, 1, 0}, ext(p, batch, head), row_ids{0, 0}, top(0), meets_bits(0),
+        match_bits(0) {
     const int row0 = m_block * kBlockM;
     const int row_end = min(row0 + kBlockM, ext.valid_rows);
     if (row0 >= row_end) return;
@@ -112,53 +120,61 @@ struct ExtraKeyBlocks : KeyBlocks {
     unmasked_lo = ceil_div(all.lo, kBlockN);
     unmasked_hi = all.hi / kBlockN - 1;
     if (ext.has_segments()) {
-      row_ids = ext.row_span(row0, row_end);
+      // Row chunk c0 + lane, reduced over the warp.
+      const int lane = threadIdx.x % 32, c0 = row0 / kSegmentChunk;
+      int lo = INT_MAX, hi = INT_MIN;
+      if (c0 + lane <= (row_end - 1) / kSegmentChunk) {
+        const int2 r = reinterpret_cast<const int2*>(ext.e->q_segment_range)
+            [int64_t(ext.b) * ext.e->q_chunks + c0 + lane];
+        lo = r.x;
+        hi = r.y;
+      }
+      row_ids = int2{__reduce_min_sync(0xffffffffu, lo), __reduce_max_sync(0xffffffffu, hi)};
+      top = n_hi + 33;       // an empty cache above the range: the first next() fills it
       n_hi = next(n_hi + 1);  // n_hi < n_lo when no block meets: an empty tile
     }
   }
 
-  // Largest visited block below n (< n_lo when there is none).
-  __device__ __forceinline__ int next(int n) const {
+  // Largest visited block below n (< n_lo when there is none). Called with decreasing n.
+  __device__ __forceinline__ int next(int n) {
     --n;
     if (!ext.has_segments()) return n;
-    const int lane = threadIdx.x % 32;
-    for (; n >= n_lo; n -= 32) {
-      const unsigned hits = __ballot_sync(0xffffffffu, n - lane >= n_lo && meets(n - lane));
-      if (hits) return n - (__ffs(hits) - 1);
+    while (n >= n_lo) {
+      if (n < top - 31) fill(n);
+      const unsigned bits = meets_bits >> (top - n);  // bit k: block n - k
+      if (bits) return n - (__ffs(bits) - 1);
+      n = top - 32;
     }
     return n;
   }
 
-  // Does block n need the element path (ext.visible / ext.logit per score)?
+  // Does block n (just returned by next()) need the element path?
   __device__ __forceinline__ bool element(int n) const {
     if (ext.per_element() || n < unmasked_lo || n > unmasked_hi) return true;
-    return ext.has_segments() && !all_match(n);
+    return ext.has_segments() && !((match_bits >> (top - n)) & 1u);
   }
 
  private:
-  // The chunk (min, max) ids of block n's keys below valid_keys; kChunks independent loads.
-  template <class F>
-  __device__ __forceinline__ void for_chunks(int n, F&& f) const {
-    const ExtraParams& e = *ext.e;
-    const int2* r = reinterpret_cast<const int2*>(e.kv_segment_range) +
-                    int64_t(ext.b) * e.kv_chunks + n * kChunks;
-    const int count = ceil_div(ext.valid_keys - n * kBlockN, kSegmentChunk);
-    CUTE_UNROLL
-    for (int c = 0; c < kChunks; ++c) {
-      if (c < count) f(r[c]);
+  // Segment tests of blocks t, t - 1, ..., t - 31 (lane k: block t - k).
+  __device__ __forceinline__ void fill(int t) {
+    top = t;
+    const int n = t - int(threadIdx.x % 32);
+    bool meets = false, all_match = row_ids.x == row_ids.y;
+    if (n >= n_lo) {
+      const int2* r = reinterpret_cast<const int2*>(ext.e->kv_segment_range) +
+                      int64_t(ext.b) * ext.e->kv_chunks + n * kChunks;
+      const int count = ceil_div(ext.valid_keys - n * kBlockN, kSegmentChunk);
+      CUTE_UNROLL
+      for (int c = 0; c < kChunks; ++c) {
+        if (c < count) {
+          const int2 keys = r[c];
+          meets |= Extras::spans_meet(row_ids, keys);
+          all_match &= Extras::spans_all_match(row_ids, keys);
+        }
+      }
     }
-  }
-  // Some chunk of block n may share an id with some row of the tile.
-  __device__ __forceinline__ bool meets(int n) const {
-    bool any = false;
-    for_chunks(n, [&](int2 keys) { any |= Extras::spans_meet(row_ids, keys); });
-    return any;
-  }
-  // Every row and key of the (tile, block n) pair holds the same id: no element test.
-  __device__ __forceinline__ bool all_match(int n) const {
-    bool all = row_ids.x == row_ids.y;
-    for_chunks(n, [&](int2 keys) { all &= Extras::spans_all_match(row_ids, keys); });
-    return all;
+    meets_bits = __ballot_sync(0xffffffffu, meets);
+    match_bits = __ballot_sync(0xffffffffu, meets && all_match);
   }
 };
 

@@ -50,37 +50,66 @@ __device__ __forceinline__ void mask_tile(Scores& scores, Coord const& coord, in
 // The element path of a tile under extras (mask.h Extras): scores of pairs that ext.visible()
 // rejects become -inf; with ext.transforms() the others become natural-unit logits
 // (ext.logit(scale * s)), and the caller runs the softmax with scale 1. `abs_scale` is
-// |scale| (a negative scale has already negated the scores). Per-row values (window bounds,
-// the row's segment id) are read once per row; keys are compared as in mask_tile.
+// |scale| (a negative scale has already negated the scores).
+// One pass per rule, each over the whole fragment, with every load unconditional (indices
+// clamped into the valid rows and keys; a clamped pair is hidden by the first pass anyway), so
+// the loads of a pass issue back to back instead of one branch and one round trip per score.
 template <class Scores, class Coord>
 __device__ __forceinline__ void extras_tile(Scores& scores, Coord const& coord, int row0, int col0,
                                             Window window, const Extras& ext, float abs_scale) {
   using namespace cute;
+  constexpr int kRows = decltype(size<0>(scores))::value;
   const ExtraParams& e = *ext.e;
-  const bool segments = ext.has_segments();
-  const bool transforms = ext.transforms();
   const int first_col = col0 + get<1>(coord(0, 0));
+  auto col_of = [&](int j) { return first_col + get<1>(coord(0, j)) - get<1>(coord(0, 0)); };
+  auto clamped_col = [&](int j) { return min(col_of(j), ext.valid_keys - 1); };
+  int rows[kRows];  // this thread's rows, clamped below valid_rows (>= 1 on this path)
+  // Window, lengths: as mask_tile, with valid_keys for S and nothing for rows >= valid_rows.
   CUTE_UNROLL
-  for (int i = 0; i < size<0>(scores); ++i) {
+  for (int i = 0; i < kRows; ++i) {
     const int row = row0 + get<0>(coord(i, 0));
+    rows[i] = min(row, ext.valid_rows - 1);
     const Range keys = window.keys_of_row(row, ext.valid_keys);
     const bool row_ok = row < ext.valid_rows;
     const int lo = keys.lo - first_col;
     const int hi = keys.hi - first_col;
-    const int q_id = segments && row_ok ? e.q_segment_ids[int64_t(ext.b) * ext.t + row] : 0;
     CUTE_UNROLL
     for (int j = 0; j < size<1>(scores); ++j) {
       const int offset = get<1>(coord(i, j)) - get<1>(coord(0, 0));  // folds to a constant
-      const int col = first_col + offset;
-      bool seen = row_ok && offset >= lo && offset < hi;
-      if (seen && segments) seen = e.kv_segment_ids[int64_t(ext.b) * ext.s + col] == q_id;
-      if (seen && e.mask) seen = e.mask[ext.pair_offset(e.mask_stride, row, col)] != 0;
-      float x = -INFINITY;
-      if (seen) {
-        float tanh_unused;
-        x = transforms ? ext.logit(abs_scale * scores(i, j), row, col, tanh_unused) : scores(i, j);
+      if (!row_ok || offset < lo || offset >= hi) scores(i, j) = -INFINITY;
+    }
+  }
+  if (ext.has_segments()) {
+    const int32_t* kv_ids = e.kv_segment_ids + int64_t(ext.b) * ext.s;
+    CUTE_UNROLL
+    for (int i = 0; i < kRows; ++i) {
+      const int q_id = e.q_segment_ids[int64_t(ext.b) * ext.t + rows[i]];
+      CUTE_UNROLL
+      for (int j = 0; j < size<1>(scores); ++j) {
+        if (kv_ids[clamped_col(j)] != q_id) scores(i, j) = -INFINITY;
       }
-      scores(i, j) = x;
+    }
+  }
+  if (e.mask) {
+    CUTE_UNROLL
+    for (int i = 0; i < kRows; ++i) {
+      const uint8_t* mask_row = e.mask + ext.pair_offset(e.mask_stride, rows[i], 0);
+      CUTE_UNROLL
+      for (int j = 0; j < size<1>(scores); ++j) {
+        if (mask_row[clamped_col(j) * e.mask_stride[3]] == 0) scores(i, j) = -INFINITY;
+      }
+    }
+  }
+  if (ext.transforms()) {
+    CUTE_UNROLL
+    for (int i = 0; i < kRows; ++i) {
+      CUTE_UNROLL
+      for (int j = 0; j < size<1>(scores); ++j) {
+        const float s = scores(i, j);
+        float tanh_unused;
+        const float x = ext.logit(abs_scale * s, rows[i], clamped_col(j), tanh_unused);
+        scores(i, j) = s == -INFINITY ? s : x;  // logit(-inf) is finite (tanh, bias)
+      }
     }
   }
 }

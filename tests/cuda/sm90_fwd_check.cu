@@ -5,6 +5,8 @@
 //   sm90_fwd_check quick [name]  the same on the small cases only (for compute-sanitizer)
 //   sm90_fwd_check extras [name] the extras cases only (lengths, segments, bias, mask, softcap)
 //   sm90_fwd_check bench [name]  TFLOP/s at the BENCHMARKS.md shapes (16k tokens, hidden 2048)
+//   sm90_fwd_check maskbench     TFLOP/s over visible pairs with windows, documents, lengths,
+//                                softcap and bias (examples/mask_benchmark.py's cases)
 //   sm90_fwd_check list          variant names
 //
 // Pass rule (FlashAttention's): max |o - ref| <= 2 max |o_lowp - ref| + 1e-5, where ref is float32
@@ -621,14 +623,14 @@ int run_bench(const std::vector<Variant>& vars) {
         p.q_head_stride = p.k_head_stride = p.v_head_stride = p.o_head_stride = var.hdim;
         const double flops = 4.0 * p.b * p.n * double(t) * t * var.hdim / (causal ? 2 : 1);
         // Causal: the library's order, then rows first, heavy first over every (batch, head),
-        // and sections of K/V of 8, 16 and 64 MB (the default takes 32 MB).
+        // and sections of K/V of 16, 32 and 128 MB (fwd_traits.h kSectionBytes: the default).
         const int num_bh = p.b * p.n;
         const int64_t kv_bh = int64_t(2) * t * var.hdim * 2;
         std::vector<int> orders = {-1};
         if (causal && full_table) {
           orders.push_back(0);
           orders.push_back(num_bh);
-          for (int mb : {8, 16, 64}) orders.push_back(int(std::max<int64_t>((int64_t(mb) << 20) / kv_bh, 1)));
+          for (int mb : {16, 32, 128}) orders.push_back(int(std::max<int64_t>((int64_t(mb) << 20) / kv_bh, 1)));
         }
         for (int section : orders) {
           const double ms = time_ms(var, p, section);
@@ -642,6 +644,104 @@ int run_bench(const std::vector<Variant>& vars) {
         }
       }
     }
+  }
+  return 0;
+}
+
+// Masked work (issue 5): one 16k sequence, 16 heads, the default bf16 tiles; TFLOP/s count only
+// visible pairs, as a fraction of the dense row (causal rows also of dense causal), so a kernel
+// that skips masked tiles keeps its dense rate. Same cases as examples/mask_benchmark.py.
+int run_mask_bench(const std::vector<Variant>& vars) {
+  const int t = 16384, heads = 16;
+  for (const Variant& var : vars) {
+    if (!var.is_default || !var.bf16) continue;
+    const int h = var.hdim;
+    const int64_t elems = int64_t(t) * heads * h;
+    std::vector<void*> allocs;
+    std::function<void*(int64_t)> alloc = [&](int64_t bytes) {
+      void* ptr;
+      CHECK_CUDA(cudaMalloc(&ptr, bytes));
+      allocs.push_back(ptr);
+      return ptr;
+    };
+    FwdParams base{};
+    base.b = 1; base.t = base.s = t; base.n = base.n_kv = heads; base.group = 1; base.h = base.hv = h;
+    base.scale = 1.f / std::sqrt(float(h));
+    base.scale_log2 = base.scale * float(M_LOG2E);
+    base.window_left = base.window_right = kUnbounded;
+    base.dtype = DType::kBFloat16;
+    void* qkv[3];
+    for (void*& ptr : qkv) {
+      ptr = alloc(elems * 2);
+      fill_normal(static_cast<cutlass::bfloat16_t*>(ptr), elems, uint64_t(reinterpret_cast<uintptr_t>(ptr)));
+    }
+    base.q = qkv[0]; base.k = qkv[1]; base.v = qkv[2];
+    base.o = alloc(elems * 2);
+    base.lse = static_cast<float*>(alloc(int64_t(t) * heads * 4));
+    base.q_batch_stride = base.k_batch_stride = base.v_batch_stride = base.o_batch_stride = elems;
+    base.q_row_stride = base.k_row_stride = base.v_row_stride = base.o_row_stride = int64_t(heads) * h;
+    base.q_head_stride = base.k_head_stride = base.v_head_stride = base.o_head_stride = h;
+
+    std::vector<int32_t> ids(t), half = {t / 2}, full = {t};
+    for (int k = 0; k < t; ++k) ids[k] = k / 2048;
+    const auto ranges = chunk_ranges(ids, 1, t);
+    std::vector<float> bias(t);
+    for (int k = 0; k < t; ++k) bias[k] = float(k % 7) * 0.1f;
+    const int32_t* d_ids = upload(ids, alloc);
+    const int32_t* d_ranges = upload(ranges, alloc);
+    const int32_t* d_half = upload(half, alloc);
+    const int32_t* d_full = upload(full, alloc);
+    const float* d_bias = upload(bias, alloc);
+
+    struct MaskCase {
+      const char* name;
+      FwdParams p;
+      double pairs;  // visible (query, key) pairs per head
+      bool causal;
+    };
+    auto causal = [](FwdParams p) { p.window_right = 0; p.is_causal = true; return p; };
+    auto docs = [&](FwdParams p) {
+      p.extra.q_segment_ids = p.extra.kv_segment_ids = d_ids;
+      p.extra.q_segment_range = p.extra.kv_segment_range = d_ranges;
+      p.extra.q_chunks = p.extra.kv_chunks = t / kSegmentChunk;
+      return p;
+    };
+    FwdParams window = causal(base), lengths = base, softcap = base, biased = base;
+    FwdParams lengths_full = base;  // the extras kernel on dense work: its own cost
+    lengths_full.extra.q_seqlen = lengths_full.extra.kv_seqlen = d_full;
+    window.window_left = 1024; window.is_causal = false;
+    lengths.extra.q_seqlen = lengths.extra.kv_seqlen = d_half;
+    softcap.extra.softcap = 30.f; softcap.extra.per_element = true;
+    biased.extra.bias = d_bias; biased.extra.per_element = true;
+    const int64_t bias_stride[4] = {0, 0, 0, 1};
+    std::copy(bias_stride, bias_stride + 4, biased.extra.bias_stride);
+    double window_pairs = 0;
+    for (int i = 0; i < t; ++i) window_pairs += std::min(i, 1024) + 1;
+    const double tt = double(t) * t, doc = 2048.0;
+    const MaskCase cases[] = {
+        {"dense", base, tt, false},
+        {"dense_causal", causal(base), t * (t + 1.0) / 2, true},
+        {"window_1024", window, window_pairs, true},
+        {"docs_8x2k", docs(base), 8 * doc * doc, false},
+        {"docs_8x2k_c", docs(causal(base)), 8 * doc * (doc + 1) / 2, true},
+        {"lengths_half", lengths, tt / 4, false},
+        {"lengths_full", lengths_full, tt, false},
+        {"softcap", softcap, tt, false},
+        {"bias", biased, tt, false},
+    };
+    double dense = 0, dense_causal = 0;
+    std::printf("%-24s %-14s %9s %9s %7s\n", "variant", "case", "ms", "TFLOP/s", "of dense");
+    for (const MaskCase& c : cases) {
+      const double ms = time_ms(var, c.p, -1);
+      const double tflops = 4.0 * heads * c.pairs * h / ms * 1e-9;
+      if (std::strcmp(c.name, "dense") == 0) dense = tflops;
+      if (std::strcmp(c.name, "dense_causal") == 0) dense_causal = tflops;
+      std::printf("%-24s %-14s %9.3f %9.1f %7.2f", var.name.c_str(), c.name, ms, tflops, tflops / dense);
+      if (c.causal) std::printf("  (%.2f of dense causal)", tflops / dense_causal);
+      std::printf("\n");
+      std::fflush(stdout);
+    }
+    for (void* ptr : allocs) CHECK_CUDA(cudaFree(ptr));
   }
   return 0;
 }
@@ -668,6 +768,7 @@ int main(int argc, char** argv) {
     return run_checks(vars, mode == "quick", mode == "extras");
   }
   if (mode == "bench") return run_bench(vars);
+  if (mode == "maskbench") return run_mask_bench(vars);
   std::fprintf(stderr, "usage: sm90_fwd_check check|quick|bench|list [variant name part]\n");
   return 2;
 }

@@ -24,6 +24,7 @@ if grep -q "^HANG" "$OUT/check.txt"; then  # a hung pipeline would hang every ti
   grep -E "^(FAIL|HANG)|passed" "$OUT/check.txt"; tail -3 "$OUT/check.txt"; exit 3
 fi
 timeout 60 $BIN bench > "$OUT/bench.txt" 2>&1; echo "bench exit $?" >> "$OUT/bench.txt"
+timeout 60 $BIN maskbench > "$OUT/maskbench.txt" 2>&1; echo "maskbench exit $?" >> "$OUT/maskbench.txt"
 if ls .whl/flash_attn3_jax-*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/fa3 .whl/flash_attn3_jax-*.whl \
     && export PYTHONPATH=/tmp/fa3${PYTHONPATH:+:$PYTHONPATH}
@@ -41,6 +42,7 @@ fi
 echo "== check (full log: check.txt)"
 grep -E "^(FAIL|HANG)|passed|exit|error|rror" "$OUT/check.txt" | head -40
 echo "== bench"; cat "$OUT/bench.txt"
+echo "== maskbench"; cat "$OUT/maskbench.txt"
 echo "== peers"; cat "$OUT/peers.txt" 2>/dev/null
 echo "== memcheck"; cat "$OUT/memcheck.txt" 2>/dev/null
 echo "total ${SECONDS}s"
