@@ -4,16 +4,38 @@
 // (G = N / K), H head dim (runtime, multiple of 8, <= kHeadDim).
 // Tiles (traits.h): kBlockM query rows per CTA, kBlockN keys per step, kHeadDim padded H.
 //
-// One CTA computes O[b, row0 : row0 + kBlockM, n, :] and its lse. Q stays in shared memory;
-// K and V tiles stream through one buffer each, so each load overlaps the other's math:
+// One CTA computes O[b, row0 : row0 + kBlockM, n, :] and its lse. Q stays in shared memory.
+// With one stage (Traits::kStages), K and V tiles stream through one buffer each, so each
+// load overlaps the other's math:
 //
 //   wait K[j]  | issue V[j]      | S = Q K[j]^T (mask boundary tiles)
 //   wait V[j]  | issue K[j - 1]  | online softmax, O += P V[j]   (P stays in registers)
+//
+// With two stages, K and V of the next tile load into the other buffer pair during a whole
+// step, behind one barrier per step:
+//
+//   wait K, V[j] | issue K, V[j - 1] | S = Q K[j]^T, online softmax, O += P V[j]
 //
 // Key tiles are walked from the last visible one down to the first; tiles wholly outside the
 // window are never loaded, and only tiles crossing a window edge or S apply an element mask.
 // The softmax rescales O only when a row max grows by more than 2^8 (softmax.cuh).
 // Measured TFLOP/s and the tile choices are in traits.h.
+//
+// kExtras instantiates the extras of params.h (lengths, segments, bias, mask, softcap); a call
+// without any runs the kExtras = false code, the dense kernel unchanged. With extras:
+//   * lengths: valid_keys replaces S in every bound, so key tiles past it are never loaded and
+//     the one crossing it is zero-filled past it; Q rows >= valid_rows are zero-filled and end
+//     with O = 0 and lse = -inf (their sum is cleared before finalize), so they add no element
+//     test to the other tiles;
+//   * segments: a key tile whose (min, max) ids cannot meet the q-block's is skipped, never
+//     loaded or multiplied: the walk goes from one visited tile straight to the next, and the
+//     K/V prefetch is for that next visited tile. The first and last visited tiles are found
+//     up front by all threads at once, so long runs of other documents cost no serial scan;
+//   * step kinds: kElement tiles (every tile with bias, mask or softcap; tiles whose segment
+//     ids are not one shared id) run apply_extras (softmax.cuh); kEdge tiles (window edges,
+//     valid_keys) run mask_scores; the rest the fast step. With bias or softcap the scores
+//     become natural-unit logits, so the softmax runs with scale 1 and the lse is
+//     ln sum exp(logit).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -37,6 +59,11 @@ enum class FwdOrder : int {
   kHeavyFirst = 1,        // consecutive CTAs take one q-block of every (b, n), last q-block
                           // first: with a causal mask the last q-blocks do the most work
 };
+
+// Main-loop step kinds (see the visit walk below).
+inline constexpr int kFast = 0;     // every pair of the tile is seen: no mask
+inline constexpr int kEdge = 1;     // window edges, valid_keys: mask_scores
+inline constexpr int kElement = 2;  // segments that differ, bias, mask, softcap: apply_extras
 
 template <class Traits, bool kExtras>
 __global__ void __launch_bounds__(Traits::kNThreads, 1)
@@ -111,24 +138,30 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   const int n_unmasked_lo = ceil_div(unmasked.lo, kBlockN);
   const int n_unmasked_hi = unmasked.hi / kBlockN - 1;
 
-  // ---- extras: which key tiles to visit, and which of them need the element path ----
-  // A visit is packed as n_block * 2 + element (element: 1 = run apply_extras); -1 = none.
+  // ---- extras: which key tiles to visit, and which step each runs ----
+  // Step kinds: kFast (no mask), kEdge (window / length edges: mask_scores), kElement
+  // (apply_extras). A visit is packed as n_block * 4 + kind; -1 = none.
+  // With extras, edge tiles have their own step only up to hdim 128: at hdim 256 a third step
+  // instantiation put the kernel's arrays in local memory (3.6 KB of stack), so there
+  // apply_extras takes them (it applies the window and the lengths too).
+  constexpr bool kEdgeSteps = !kExtras || kHeadDim <= 128;
   int2 row_ids = make_int2(0, 0);  // the q-block's (min, max) segment id
   const bool all_element = kExtras && (ex.per_element() || ex.transforms());
-  auto classify = [&](int n_block) {  // 0 skip, 1 fast step, 2 element step
-    bool element = all_element || n_block > n_unmasked_hi || n_block < n_unmasked_lo;
+  auto classify = [&](int n_block) {  // -1: skip, else the step kind
+    const bool edge = n_block > n_unmasked_hi || n_block < n_unmasked_lo;
+    bool element = all_element;
     if (ex.has_segments()) {
       const int2 key_ids = ex.key_span(n_block * kBlockN, min((n_block + 1) * kBlockN, key_end));
-      if (!Extras::spans_meet(row_ids, key_ids)) return 0;
+      if (!Extras::spans_meet(row_ids, key_ids)) return -1;
       element |= !Extras::spans_all_match(row_ids, key_ids);
     }
-    return element ? 2 : 1;
+    return element ? kElement : edge ? (kEdgeSteps ? kEdge : kElement) : kFast;
   };
   // The visit after n_block (walking down), or -1.
   auto next_visit = [&](int n_block) {
     for (int n = n_block - 1; n >= n_block_first; --n) {
-      const int c = classify(n);
-      if (c != 0) return n * 2 + (c - 1);
+      const int kind = classify(n);
+      if (kind >= 0) return n * 4 + kind;
     }
     return -1;
   };
@@ -136,9 +169,9 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
     if (ex.has_segments()) {
       row_ids = ex.row_span(row0, row0 + rows_valid);
       // First and last tiles that can hold a matching pair, all threads at once. The bounds
-      // sit in V's buffer, which the loop's first barrier separates from its first load.
-      int* visit_bounds = reinterpret_cast<int*>(reinterpret_cast<Element*>(smem) +
-                                                 Traits::kSmemQElems + Traits::kSmemKVElems);
+      // sit at the end of the last V buffer, which the loop's first barrier separates from its
+      // first load.
+      int* visit_bounds = reinterpret_cast<int*>(smem + Traits::kSmemBytes) - 2;
       if (tid == 0) {
         visit_bounds[0] = INT_MAX;
         visit_bounds[1] = -1;
@@ -197,20 +230,28 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   Tensor tKVcKV = gmem_load_thr.partition_S(make_identity_tensor(Shape<Int<kBlockN>, Int<kHeadDim>>{}));
   // Only the tile holding key key_end - 1 can be partial, and it is the first one loaded (the
   // walk goes downwards) and a masked step, so other loads skip the row check.
-  auto load_k = [&](int n_block, auto check_rows) {
-    copy_tile_zfill<decltype(check_rows)::value>(gmem_load, gmem_load_thr.partition_S(k_tile(n_block)),
-                                                 tKsK, tKVcKV, key_end - n_block * kBlockN, params.h);
+  // Stage s of a K or V smem tensor (or partition): the buffers of stage 1 follow those of
+  // stage 0 by a multiple of the swizzle period, so offsetting the pointer is enough.
+  auto at_stage = [](auto const& t, int stage) {
+    return make_tensor(t.data() + stage * (2 * Traits::kSmemKVElems), t.layout());
   };
-  auto load_v = [&](int n_block, auto check_rows) {
+  auto load_k = [&](int n_block, auto check_rows, int stage) {
+    copy_tile_zfill<decltype(check_rows)::value>(gmem_load, gmem_load_thr.partition_S(k_tile(n_block)),
+                                                 at_stage(tKsK, stage), tKVcKV,
+                                                 key_end - n_block * kBlockN, params.h);
+  };
+  auto load_v = [&](int n_block, auto check_rows, int stage) {
     copy_tile_zfill<decltype(check_rows)::value>(gmem_load, gmem_load_thr.partition_S(v_tile(n_block)),
-                                                 tVsV, tKVcKV, key_end - n_block * kBlockN, params.h);
+                                                 at_stage(tVsV, stage), tKVcKV,
+                                                 key_end - n_block * kBlockN, params.h);
   };
 
   // The first visit: the last tile in range (dense), or the last visited one (extras).
-  const int first_visit = kExtras ? n_block_last * 2 + (classify(n_block_last) - 1) : 0;
+  const int first_visit = kExtras ? n_block_last * 4 + classify(n_block_last) : 0;
   copy_tile_zfill(gmem_load, gmem_load_thr.partition_S(gQ), tQsQ, tQcQ, rows_valid, params.h);
   cp_async_fence();
-  load_k(n_block_last, std::true_type{});
+  load_k(n_block_last, std::true_type{}, 0);
+  if constexpr (Traits::kStages == 2) load_v(n_block_last, std::true_type{}, 0);
   cp_async_fence();
 
   // ---- mma partitions ----
@@ -251,36 +292,35 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
     flip_sign_bits(tQsQ);
   }
 
-  // One main-loop step; kMasked instantiates the element mask. Two separate instantiations
-  // (rather than one runtime `if`) because the compiler if-converted the mask into every step:
-  // ~210 extra predicated instructions per step at hdim 128.
-  // next(n_block) gives the following visit (n_block * 2 + element, or -1); it is called
-  // after the scores' product is issued, so its loads of segment ranges overlap the mma.
-  auto step = [&](int n_block, auto masked, auto next) {
-    constexpr bool kMasked = decltype(masked)::value;
+  // One main-loop step; `kind` instantiates the mask. Separate instantiations (rather than
+  // one runtime `if`) because the compiler if-converted the mask into every step: ~210 extra
+  // predicated instructions per step at hdim 128.
+  // next(n_block) gives the following visit (n_block * 4 + kind, or -1); it is called after
+  // the scores' product is issued, so its loads of segment ranges overlap the mma.
+  auto step = [&](int n_block, auto kind, auto next) {
+    constexpr int kKind = decltype(kind)::value;
+    // Only the tile holding key key_end - 1 can be partial, and it is an edge or element step.
+    constexpr bool kMasked = kKind != kFast;
     Tensor acc_s = partition_fragment_C(mma, Shape<Int<kBlockM>, Int<kBlockN>>{});
     clear(acc_s);
     cp_async_wait<0>();  // K[n_block] (and Q on the first step) have landed for this thread
     __syncthreads();     // ... for all threads; and every warp is done reading the previous V
-    load_v(n_block, masked);
+    load_v(n_block, std::bool_constant<kMasked>{}, 0);
     cp_async_fence();
 
     gemm_smem_smem(mma, acc_s, tSrQ, tSrK, tSsQ, tSsK, smem_copy_q, smem_copy_k, smem_copy_q_thr,
                    smem_copy_k_thr);
     const int visit = next(n_block);
     Tensor scores = rowcol_view(acc_s);
-    if constexpr (kMasked) {
-      if constexpr (kExtras) {
-        apply_extras(scores, tScS, row0, n_block * kBlockN, window, ex, scale, logits);
-      } else {
-        mask_scores(scores, tScS, row0, n_block * kBlockN, window, params.s);
-      }
+    if constexpr (kKind == kEdge) mask_scores(scores, tScS, row0, n_block * kBlockN, window, key_end);
+    if constexpr (kKind == kElement) {
+      apply_extras(scores, tScS, row0, n_block * kBlockN, window, ex, scale, logits);
     }
 
     cp_async_wait<0>();
     __syncthreads();  // V[n_block] visible to all; every warp is done reading K[n_block]
     if (visit >= 0) {
-      load_k(visit / 2, std::false_type{});
+      load_k(visit / 4, std::false_type{}, 0);
       cp_async_fence();
     }
 
@@ -291,33 +331,100 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
     gemm_reg_smem(mma, acc_o, p_a, tOrVt, tOsVt, smem_copy_v, smem_copy_v_thr);
   };
 
-  if constexpr (kExtras) {
+  // The two-stage step: K and V of this visit sit in `stage`; those of the next visit
+  // (visit_next, or -1) are loaded into the other stage during the whole step. next(n) gives
+  // the visit after visit_next, as in step().
+  auto step2 = [&](int n_block, int stage, auto kind, int visit_next, auto next) {
+    constexpr int kKind = decltype(kind)::value;
+    Tensor acc_s = partition_fragment_C(mma, Shape<Int<kBlockM>, Int<kBlockN>>{});
+    clear(acc_s);
+    cp_async_wait<0>();  // this visit's K and V (and Q on the first step) have landed
+    __syncthreads();     // ... for all threads; every warp is done with the other stage
+    if (visit_next >= 0) {
+      load_k(visit_next / 4, std::false_type{}, stage ^ 1);
+      load_v(visit_next / 4, std::false_type{}, stage ^ 1);
+    }
+    cp_async_fence();
+
+    gemm_smem_smem(mma, acc_s, tSrQ, tSrK, tSsQ, at_stage(tSsK, stage), smem_copy_q, smem_copy_k,
+                   smem_copy_q_thr, smem_copy_k_thr);
+    const int visit = next(visit_next);
+    Tensor scores = rowcol_view(acc_s);
+    if constexpr (kKind == kEdge) mask_scores(scores, tScS, row0, n_block * kBlockN, window, key_end);
+    if constexpr (kKind == kElement) {
+      apply_extras(scores, tScS, row0, n_block * kBlockN, window, ex, scale, logits);
+    }
+
+    softmax.update(scores, acc_o_rc, softmax_scale_log2);
+    Tensor p = make_tensor<Element>(acc_s.layout());
+    convert_fragment(acc_s, p);
+    Tensor p_a = make_tensor(p.data(), acc_as_operand_a_layout(p.layout()));
+    gemm_reg_smem(mma, acc_o, p_a, tOrVt, at_stage(tOsVt, stage), smem_copy_v, smem_copy_v_thr);
+    return visit;
+  };
+
+  using FastStep = std::integral_constant<int, kFast>;
+  using EdgeStep = std::integral_constant<int, kEdge>;
+  if constexpr (Traits::kStages == 2) {
+    // Walk: `visit` runs now, `visit_next` loads meanwhile; step2 returns the one after.
+    auto next = [&](int v) {
+      if constexpr (kExtras) {
+        return v >= 0 ? next_visit(v / 4) : -1;
+      } else {
+        return v >= 0 && v / 4 > n_block_first ? (v / 4 - 1) * 4 : -1;
+      }
+    };
+    int visit = kExtras ? first_visit : n_block_last * 4;
+    int visit_next = next(visit);
+    for (int stage = 0; visit >= 0; stage ^= 1) {
+      const int n_block = visit / 4;
+      const int kind = kExtras ? visit % 4
+                               : (n_block > n_unmasked_hi || n_block < n_unmasked_lo ? kEdge : kFast);
+      int visit_after = -1;
+      if (kExtras && kind == kElement) {
+        visit_after = step2(n_block, stage, std::integral_constant<int, kElement>{}, visit_next, next);
+      } else if (kEdgeSteps && kind == kEdge) {
+        if constexpr (kEdgeSteps) visit_after = step2(n_block, stage, EdgeStep{}, visit_next, next);
+      } else {
+        visit_after = step2(n_block, stage, FastStep{}, visit_next, next);
+      }
+      visit = visit_next;
+      visit_next = visit_after;
+    }
+    __syncthreads();  // every warp is done reading sQ before the epilogue writes O there
+  } else if constexpr (kExtras) {
     for (int visit = first_visit; visit >= 0;) {
-      const int n_block = visit / 2;
+      const int n_block = visit / 4;
+      const int kind = visit % 4;
       auto next = [&](int n) {
         visit = next_visit(n);
         return visit;
       };
-      if (visit % 2) {
-        step(n_block, std::true_type{}, next);
+      if (kind == kElement) {
+        step(n_block, std::integral_constant<int, kElement>{}, next);
+      } else if (kEdgeSteps && kind == kEdge) {
+        if constexpr (kEdgeSteps) step(n_block, EdgeStep{}, next);
       } else {
-        step(n_block, std::false_type{}, next);
+        step(n_block, FastStep{}, next);
       }
     }
+  } else {
+    // Tiles [n_unmasked_lo, n_unmasked_hi] lie wholly inside `unmasked` (possibly none).
+    auto next = [&](int n) { return n > n_block_first ? (n - 1) * 4 : -1; };
+    for (int n_block = n_block_last; n_block >= n_block_first; --n_block) {
+      if (n_block > n_unmasked_hi || n_block < n_unmasked_lo) {
+        step(n_block, EdgeStep{}, next);
+      } else {
+        step(n_block, FastStep{}, next);
+      }
+    }
+  }
+
+  if constexpr (kExtras) {
     // Rows >= valid_rows see nothing: sum 0 gives O = 0 and lse = -inf in finalize.
     CUTE_UNROLL
     for (int i = 0; i < kRows; ++i) {
       if (get<0>(tScS(i, 0)) >= rows_valid) softmax.row_sum[i] = 0.f;
-    }
-  } else {
-    // Tiles [n_unmasked_lo, n_unmasked_hi] lie wholly inside `unmasked` (possibly none).
-    auto next = [&](int n) { return n > n_block_first ? (n - 1) * 2 : -1; };
-    for (int n_block = n_block_last; n_block >= n_block_first; --n_block) {
-      if (n_block > n_unmasked_hi || n_block < n_unmasked_lo) {
-        step(n_block, std::true_type{}, next);
-      } else {
-        step(n_block, std::false_type{}, next);
-      }
     }
   }
 

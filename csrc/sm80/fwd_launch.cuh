@@ -63,8 +63,9 @@ inline bool extras_consistent(const AttnParams& p) {
   return !(e.softcap < 0.f) && !((e.bias || e.mask || e.softcap != 0.f) && !e.per_element);
 }
 
-template <class Traits>
-cudaError_t launch_fwd(const FwdParams& p, cudaStream_t stream, FwdOrder order) {
+// Launches fwd_kernel<Traits, kExtras>; kExtras must equal has_extras(p).
+template <class Traits, bool kExtras>
+cudaError_t launch_fwd_kernel(const FwdParams& p, cudaStream_t stream, FwdOrder order) {
   using Element = typename Traits::Element;
   // apply_extras (softmax.cuh) addresses bias and mask within a tile with 32-bit offsets.
   auto tile_span_fits = [](const int64_t (&st)[4]) {
@@ -77,7 +78,7 @@ cudaError_t launch_fwd(const FwdParams& p, cudaStream_t stream, FwdOrder order) 
   if (p.h <= 0 || p.h % 8 != 0 || p.h > Traits::kHeadDim || p.hv != p.h || p.b < 0 || p.t < 0 ||
       p.s < 0 || p.n <= 0 || p.n_kv <= 0 || p.group <= 0 || p.n != p.n_kv * p.group ||
       p.window_left < 0 || p.window_right < 0 || !fwd_aligned<Element>(p) ||
-      !extras_consistent(p)) {
+      !extras_consistent(p) || has_extras(p) != kExtras) {
     return cudaErrorInvalidValue;
   }
   const int64_t num_m_blocks = (int64_t(p.t) + Traits::kBlockM - 1) / Traits::kBlockM;
@@ -85,7 +86,7 @@ cudaError_t launch_fwd(const FwdParams& p, cudaStream_t stream, FwdOrder order) 
   if (num_ctas == 0) return cudaSuccess;
   if (num_ctas > INT32_MAX) return cudaErrorInvalidConfiguration;
 
-  auto kernel = has_extras(p) ? &fwd_kernel<Traits, true> : &fwd_kernel<Traits, false>;
+  auto kernel = &fwd_kernel<Traits, kExtras>;
   constexpr int kSmem = Traits::kSmemBytes;
   if (kSmem > 48 * 1024) {
     const cudaError_t err =
@@ -96,6 +97,13 @@ cudaError_t launch_fwd(const FwdParams& p, cudaStream_t stream, FwdOrder order) 
   return cudaGetLastError();
 }
 
+// Both instantiations of one tile shape (tests/cuda/fwd_check.cu tries tiles with it).
+template <class Traits>
+cudaError_t launch_fwd(const FwdParams& p, cudaStream_t stream, FwdOrder order) {
+  return has_extras(p) ? launch_fwd_kernel<Traits, true>(p, stream, order)
+                       : launch_fwd_kernel<Traits, false>(p, stream, order);
+}
+
 // Opt-in shared memory per block of the current device (cached by the runtime: no sync).
 inline cudaError_t device_smem_optin(int* bytes) {
   int device = 0;
@@ -104,19 +112,26 @@ inline cudaError_t device_smem_optin(int* bytes) {
   return cudaDeviceGetAttribute(bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
 }
 
-template <typename Element, int kHeadDim>
-cudaError_t run_fwd(const FwdParams& params, cudaStream_t stream) {
-  using Defaults = FwdDefaultTraits<Element, kHeadDim>;
-  using Traits = typename Defaults::type;
-  using Fallback = typename Defaults::fallback;
-  const FwdOrder order = default_fwd_order(params, kHeadDim);
+// Traits where the device's opt-in shared memory per block holds them, else Fallback.
+template <class Traits, class Fallback, bool kExtras>
+cudaError_t launch_fitting(const FwdParams& p, cudaStream_t stream, FwdOrder order) {
   if constexpr (!std::is_same_v<Traits, Fallback>) {
     int smem = 0;
     const cudaError_t err = device_smem_optin(&smem);
     if (err != cudaSuccess) return err;
-    if (smem < Traits::kSmemBytes) return launch_fwd<Fallback>(params, stream, order);
+    if (smem < Traits::kSmemBytes) return launch_fwd_kernel<Fallback, kExtras>(p, stream, order);
   }
-  return launch_fwd<Traits>(params, stream, order);
+  return launch_fwd_kernel<Traits, kExtras>(p, stream, order);
+}
+
+template <typename Element, int kHeadDim>
+cudaError_t run_fwd(const FwdParams& params, cudaStream_t stream) {
+  using D = FwdDefaultTraits<Element, kHeadDim>;
+  const FwdOrder order = default_fwd_order(params, kHeadDim);
+  if (has_extras(params)) {
+    return launch_fitting<typename D::extras, typename D::extras_fallback, true>(params, stream, order);
+  }
+  return launch_fitting<typename D::type, typename D::fallback, false>(params, stream, order);
 }
 
 }  // namespace jax_flash::sm80

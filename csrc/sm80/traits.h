@@ -11,13 +11,19 @@
 
 namespace jax_flash::sm80 {
 
-template <typename Element_, int kHeadDim_, int kBlockM_, int kBlockN_, int kNWarps_>
+// kStages: 1 = one K and one V buffer (each load overlaps the other's math, two barriers per
+// step); 2 = two K/V buffer pairs (the next tile's K and V load during the whole step, one
+// barrier per step).
+template <typename Element_, int kHeadDim_, int kBlockM_, int kBlockN_, int kNWarps_,
+          int kStages_ = 1>
 struct FwdTraits {
   using Element = Element_;
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kBlockM = kBlockM_;
   static constexpr int kBlockN = kBlockN_;
   static constexpr int kNWarps = kNWarps_;
+  static constexpr int kStages = kStages_;
+  static_assert(kStages == 1 || kStages == 2, "one or two K/V stages");
   static constexpr int kNThreads = kNWarps * 32;
 
   static_assert(std::is_same_v<Element, cutlass::half_t> ||
@@ -52,8 +58,8 @@ struct FwdTraits {
 
   static constexpr int kSmemQElems = kBlockM * kHeadDim;
   static constexpr int kSmemKVElems = kBlockN * kHeadDim;
-  // Q, K, V; the output tile reuses Q's space in the epilogue.
-  static constexpr int kSmemBytes = (kSmemQElems + 2 * kSmemKVElems) * int(sizeof(Element));
+  // Q, then K, V per stage; the output tile reuses Q's space in the epilogue.
+  static constexpr int kSmemBytes = (kSmemQElems + 2 * kStages * kSmemKVElems) * int(sizeof(Element));
 
   using SmemCopyAtom = cute::Copy_Atom<cute::SM75_U32x4_LDSM_N, Element>;
   using SmemCopyAtomT = cute::Copy_Atom<cute::SM75_U16x8_LDSM_T, Element>;
@@ -82,7 +88,7 @@ struct FwdTraits {
 //   hdim 64   128x64 w4   non-causal 295/318/316  causal 236/280/309   <- default (no spills)
 //             128x128 w4             304/309/320         252/258/301   (spills ~230 B)
 //             128x32 w4              226/259/271         178/232/244
-//   hdim 128  128x32 w4   non-causal 338/372/374  causal 276/336/352   <- default (no spills)
+//   hdim 128  128x32 w4   non-causal 338/372/374  causal 276/336/352   <- now the fallback
 //             128x64 w4              348/350/351         307/327/344
 //             128x128 w8 (older run)     290/328/-           278/300/-
 //   hdim 256  128x64 w8   non-causal 326/347/337  causal 262/325/344   <- default, 128 KB smem
@@ -92,6 +98,27 @@ struct FwdTraits {
 // doubles it and shared memory bandwidth becomes the limit (the w8 tiles at hdim 64/128).
 // Causal figures are heavy-first (see fwd_launch.cuh for the order). Run-to-run spread on the
 // same tiles is about 3%.
+//
+// hdim 128, two K/V stages (kStages = 2), measured on an H200 in one run, 2026-11-21 (same
+// protocol, tests/cuda/fwd_check.cu bench):
+//             128x32 w4     non-causal 346/366/372  causal 296/350/343   (the old default)
+//             128x32 w4 s2             337/360/363         319/342/345
+//             128x64 w4 s2             351/373/381         335/358/381   <- default, 96 KB
+//             128x64 w4                339/346/345         307/320/348
+//             256x64 w8 s2             324/365/366         295/343/365
+//   (an earlier run: 256x32 w8 298/314/319 and 258/309/319; 64x64 w4 303/306/303, 259/280/300)
+// The second stage gives each K/V load a whole step to land and leaves one barrier per step;
+// it pays at 64 keys per step, not at 32. Its cost: 48 bytes of spills (7 L1 loads of
+// loop-invariant addresses per step), measured faster all the same. End to end
+// (examples/benchmark.py, H200, bf16, fwd, seqlen 2k/4k/8k/16k) the sm80 forward is
+// 0.60/0.59/0.61/0.64 of cuDNN non-causal and 0.74/0.67/0.67/0.70 causal.
+//
+// `extras` are the tiles of calls with lengths, segments, bias, mask or softcap (the
+// kExtras instantiation): at hdim 128 the 128x32 w4 kernel, since the 128x64 two-stage one
+// puts its arrays in local memory (2.5 KB stack) once the element path is added. Issue 5's
+// points at seqlen 16k (H200, TFLOP/s over visible pairs; dense 399): window (1024, 0) 304,
+// window (512, 512) 310 (both the dense kernel), 8 packed documents of 2k 303, the same
+// causal 275.
 template <typename Element, int kHeadDim>
 struct FwdDefaultTraits;
 
@@ -99,16 +126,22 @@ template <typename Element>
 struct FwdDefaultTraits<Element, 64> {
   using type = FwdTraits<Element, 64, 128, 64, 4>;
   using fallback = type;
+  using extras = type;
+  using extras_fallback = type;
 };
 template <typename Element>
 struct FwdDefaultTraits<Element, 128> {
-  using type = FwdTraits<Element, 128, 128, 32, 4>;
-  using fallback = type;
+  using type = FwdTraits<Element, 128, 128, 64, 4, 2>;  // 96 KB
+  using fallback = FwdTraits<Element, 128, 128, 32, 4>;  // 48 KB
+  using extras = fallback;
+  using extras_fallback = fallback;
 };
 template <typename Element>
 struct FwdDefaultTraits<Element, 256> {
   using type = FwdTraits<Element, 256, 128, 64, 8>;
   using fallback = FwdTraits<Element, 256, 64, 64, 4>;
+  using extras = type;
+  using extras_fallback = fallback;
 };
 
 }  // namespace jax_flash::sm80

@@ -57,18 +57,18 @@ cudaError_t launch_variant(const FwdParams& p, cudaStream_t s, FwdOrder order) {
   return sm80::launch_fwd<Traits>(p, s, order);
 }
 
-template <typename E, int H, int M, int N, int W>
+template <typename E, int H, int M, int N, int W, int S = 1>
 Variant make_variant(bool is_default) {
   char name[64];
-  std::snprintf(name, sizeof(name), "%s h%d %dx%d w%d", std::is_same_v<E, cutlass::bfloat16_t> ? "bf16" : "fp16", H, M, N, W);
+  std::snprintf(name, sizeof(name), "%s h%d %dx%d w%d%s", std::is_same_v<E, cutlass::bfloat16_t> ? "bf16" : "fp16", H, M, N, W, S == 2 ? " s2" : "");
   return Variant{name, std::is_same_v<E, cutlass::bfloat16_t>, H, is_default,
-                 &launch_variant<FwdTraits<E, H, M, N, W>>, nullptr};
+                 &launch_variant<FwdTraits<E, H, M, N, W, S>>, nullptr};
 }
 
 template <typename E, int H>
 Variant default_variant() {
   using T = typename sm80::FwdDefaultTraits<E, H>::type;
-  Variant v = make_variant<E, H, T::kBlockM, T::kBlockN, T::kNWarps>(true);
+  Variant v = make_variant<E, H, T::kBlockM, T::kBlockN, T::kNWarps, T::kStages>(true);
   v.run = &sm80::run_fwd<E, H>;
   return v;
 }
@@ -76,12 +76,18 @@ Variant default_variant() {
 std::vector<Variant> all_variants() {
   using bf16 = cutlass::bfloat16_t;
   using fp16 = cutlass::half_t;
+#ifdef FWD_CHECK_TUNE128  // the default and candidate tiles at hdim 128 only
+  return {default_variant<bf16, 128>(), make_variant<bf16, 128, 128, 32, 4>(false),
+          make_variant<bf16, 128, 128, 32, 4, 2>(false), make_variant<bf16, 128, 256, 64, 8, 2>(false),
+          make_variant<bf16, 128, 128, 64, 4>(false)};
+#endif
   return {
       default_variant<fp16, 64>(), default_variant<fp16, 128>(), default_variant<fp16, 256>(),
       default_variant<bf16, 64>(), default_variant<bf16, 128>(), default_variant<bf16, 256>(),
 #ifndef FWD_CHECK_DEFAULTS_ONLY
       make_variant<bf16, 64, 128, 128, 4>(false),  make_variant<bf16, 64, 128, 32, 4>(false),
-      make_variant<bf16, 128, 128, 64, 4>(false),  make_variant<bf16, 256, 128, 32, 8>(false),
+      make_variant<bf16, 128, 128, 64, 4>(false),  make_variant<bf16, 128, 128, 32, 4>(false),
+      make_variant<bf16, 256, 128, 32, 8>(false),
       make_variant<bf16, 256, 64, 64, 4>(false),   make_variant<fp16, 256, 64, 64, 4>(false),
 #endif
   };
@@ -454,15 +460,17 @@ int run_checks(const std::vector<Variant>& vars, bool quick) {
 // ---------------------------------------------------------------------------------------------
 // Benchmark: 16k tokens per batch, hidden 2048, bf16; median of 5 repeats of 10 launches.
 
-double time_ms(const Variant& var, const FwdParams& p, FwdOrder order) {
+// use_run: time the library entry point (defaults only: it picks the extras tiles itself).
+double time_ms(const Variant& var, const FwdParams& p, FwdOrder order, bool use_run = false) {
   cudaEvent_t e0, e1;
   CHECK_CUDA(cudaEventCreate(&e0));
   CHECK_CUDA(cudaEventCreate(&e1));
-  for (int i = 0; i < 2; ++i) CHECK_CUDA(var.launch(p, 0, order));
+  auto launch = [&]() { return use_run && var.run ? var.run(p, 0) : var.launch(p, 0, order); };
+  for (int i = 0; i < 2; ++i) CHECK_CUDA(launch());
   std::vector<float> reps;
   for (int r = 0; r < 5; ++r) {
     CHECK_CUDA(cudaEventRecord(e0));
-    for (int i = 0; i < 10; ++i) CHECK_CUDA(var.launch(p, 0, order));
+    for (int i = 0; i < 10; ++i) CHECK_CUDA(launch());
     CHECK_CUDA(cudaEventRecord(e1));
     CHECK_CUDA(cudaEventSynchronize(e1));
     float ms;
@@ -564,7 +572,7 @@ int run_bench_extras(const std::vector<Variant>& vars) {
         if (pt.docs) r = Range{std::max(r.lo, i / 2048 * 2048), std::min(r.hi, i / 2048 * 2048 + 2048)};
         pairs += std::max(0, r.hi - r.lo);
       }
-      const double ms = time_ms(var, p, sm80::default_fwd_order(p, hdim));
+      const double ms = time_ms(var, p, sm80::default_fwd_order(p, hdim), true);
       std::printf("%-24s %-22s %9.3f %9.1f\n", var.name.c_str(), pt.name, ms, 4.0 * heads * pairs * hdim / ms * 1e-9);
     }
   }
