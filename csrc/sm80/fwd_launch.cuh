@@ -104,22 +104,33 @@ cudaError_t launch_fwd(const FwdParams& p, cudaStream_t stream, FwdOrder order) 
                        : launch_fwd_kernel<Traits, false>(p, stream, order);
 }
 
-// Opt-in shared memory per block of the current device (cached by the runtime: no sync).
-inline cudaError_t device_smem_optin(int* bytes) {
-  int device = 0;
+// Shared memory of the current device (cached by the runtime: no sync): the opt-in limit per
+// block, and what kCtas blocks of `bytes` each need of a multiprocessor's (the runtime
+// reserves some per block).
+inline cudaError_t device_smem_fits(int bytes, int ctas, bool* fits) {
+  int device = 0, per_block = 0, per_sm = 0, reserved = 0;
   cudaError_t err = cudaGetDevice(&device);
-  if (err != cudaSuccess) return err;
-  return cudaDeviceGetAttribute(bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+  if (err == cudaSuccess) {
+    err = cudaDeviceGetAttribute(&per_block, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+  }
+  if (err == cudaSuccess) {
+    err = cudaDeviceGetAttribute(&per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device);
+  }
+  if (err == cudaSuccess) {
+    err = cudaDeviceGetAttribute(&reserved, cudaDevAttrReservedSharedMemoryPerBlock, device);
+  }
+  *fits = per_block >= bytes && int64_t(per_sm) >= int64_t(ctas) * (bytes + reserved);
+  return err;
 }
 
-// Traits where the device's opt-in shared memory per block holds them, else Fallback.
-template <class Traits, class Fallback, bool kExtras>
+// Traits where the device holds kCtas of its blocks per multiprocessor, else Fallback.
+template <class Traits, class Fallback, int kCtas, bool kExtras>
 cudaError_t launch_fitting(const FwdParams& p, cudaStream_t stream, FwdOrder order) {
   if constexpr (!std::is_same_v<Traits, Fallback>) {
-    int smem = 0;
-    const cudaError_t err = device_smem_optin(&smem);
+    bool fits = false;
+    const cudaError_t err = device_smem_fits(Traits::kSmemBytes, kCtas, &fits);
     if (err != cudaSuccess) return err;
-    if (smem < Traits::kSmemBytes) return launch_fwd_kernel<Fallback, kExtras>(p, stream, order);
+    if (!fits) return launch_fwd_kernel<Fallback, kExtras>(p, stream, order);
   }
   return launch_fwd_kernel<Traits, kExtras>(p, stream, order);
 }
@@ -129,9 +140,11 @@ cudaError_t run_fwd(const FwdParams& params, cudaStream_t stream) {
   using D = FwdDefaultTraits<Element, kHeadDim>;
   const FwdOrder order = default_fwd_order(params, kHeadDim);
   if (has_extras(params)) {
-    return launch_fitting<typename D::extras, typename D::extras_fallback, true>(params, stream, order);
+    return launch_fitting<typename D::extras, typename D::extras_fallback, D::kCtas, true>(
+        params, stream, order);
   }
-  return launch_fitting<typename D::type, typename D::fallback, false>(params, stream, order);
+  return launch_fitting<typename D::type, typename D::fallback, D::kCtas, false>(params, stream,
+                                                                                 order);
 }
 
 }  // namespace jax_flash::sm80

@@ -80,8 +80,11 @@ struct FwdTraits {
                 "gmem copies tile the blocks exactly");
 };
 
-// Default tiles per head dim (fp16 and bf16 alike). `type` is used where the device's
-// opt-in shared memory per block holds it; else `fallback` (sm86/sm89 offer 99 KB).
+// Default tiles per head dim (fp16 and bf16 alike). `type` is used where the device's shared
+// memory holds kCtas of its blocks per multiprocessor; else `fallback` (sm86/sm89 offer 99 KB
+// per block and 100 KB per SM, sm80 164 KB per SM, sm90 227 KB). At hdim 128 that keeps two
+// CTAs (8 warps) per SM: the 96 KB two-stage tile runs on Hopper, the 48 KB one elsewhere
+// (two-stage timings exist for Hopper only).
 // Measured on an H100 80GB HBM3, 2026-11-21 (bf16, 16k tokens, hidden 2048; TFLOP/s at
 // seqlen 2k / 8k / 16k; cuDNN in the same run: hdim 64 441/457/463 non-causal, 360/446/460
 // causal; hdim 128 602/627/628 and 456/582/575; hdim 256 634/723/665 and 471/608/637):
@@ -128,6 +131,7 @@ struct FwdDefaultTraits<Element, 64> {
   using fallback = type;
   using extras = type;
   using extras_fallback = type;
+  static constexpr int kCtas = 1;
 };
 template <typename Element>
 struct FwdDefaultTraits<Element, 128> {
@@ -135,6 +139,7 @@ struct FwdDefaultTraits<Element, 128> {
   using fallback = FwdTraits<Element, 128, 128, 32, 4>;  // 48 KB
   using extras = fallback;
   using extras_fallback = fallback;
+  static constexpr int kCtas = 2;
 };
 template <typename Element>
 struct FwdDefaultTraits<Element, 256> {
@@ -142,6 +147,7 @@ struct FwdDefaultTraits<Element, 256> {
   using fallback = FwdTraits<Element, 256, 64, 64, 4>;
   using extras = type;
   using extras_fallback = fallback;
+  static constexpr int kCtas = 1;
 };
 
 }  // namespace jax_flash::sm80

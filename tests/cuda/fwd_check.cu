@@ -593,6 +593,11 @@ int main(int argc, char** argv) {
   if (mode == "bench_extras") return run_bench_extras(vars);
   if (mode == "list") {
     for (const Variant& v : vars) std::printf("%s\n", v.name.c_str());
+    // Which tiles run_fwd takes on this device at hdim 128 (FwdDefaultTraits::kCtas).
+    using D = sm80::FwdDefaultTraits<cutlass::bfloat16_t, 128>;
+    bool fits = false;
+    CHECK_CUDA(sm80::device_smem_fits(D::type::kSmemBytes, D::kCtas, &fits));
+    std::printf("hdim 128 dense calls run the %s tiles\n", fits ? "default" : "fallback");
     return 0;
   }
   std::fprintf(stderr, "usage: fwd_check check|quick|bench|list [variant name part]\n");
