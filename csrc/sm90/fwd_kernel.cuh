@@ -12,6 +12,11 @@
 //                 S = Q K^T and O += P V on wgmma, online softmax in registers
 //                 (fwd_mainloop.cuh compute()), then O and lse straight to global memory
 //                 (fwd_epilogue.cuh).
+// Extras (params.h ExtraParams: lengths, segment ids, bias, mask, softcap) run in the kExtras
+// instantiation: key blocks from scheduler.cuh ExtraKeyBlocks (lengths shrink the range,
+// segment ranges skip blocks), the element path of softmax.cuh extras_tile() on blocks that need
+// it, and rows past q_seqlen zeroed here. Calls without extras run kExtras = false, whose code
+// is what it was before extras existed.
 //
 // Evidence, reproducible without a GPU (from the repo root; CUTLASS = the nvidia-cutlass
 // wheel's cutlass_library/source/include):
@@ -63,11 +68,15 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   auto& st = *reinterpret_cast<typename Traits::SharedStorage*>(smem);
   const FwdParams& p = kp.fwd;
   const int warp_group = __shfl_sync(0xffffffffu, threadIdx.x / 128, 0);  // warp-uniform
-  const TileScheduler sched{kp.num_m_blocks, p.n, kp.num_m_blocks * p.b * p.n, kp.section};
+  const TileScheduler sched{kp.num_m_blocks, p.n, kp.num_m_blocks * p.b * p.n, kp.section,
+                             kp.snake};
 
   if (threadIdx.x == 0) {
-    Barrier::init(&st.q_full, 1);
-    Barrier::init(&st.q_empty, Traits::kConsumerWarps);
+    CUTE_UNROLL
+    for (int i = 0; i < Traits::kQStages; ++i) {
+      Barrier::init(&st.q_full[i], 1);
+      Barrier::init(&st.q_empty[i], Traits::kConsumerWarps);
+    }
     CUTE_UNROLL
     for (int i = 0; i < Traits::kStages; ++i) {
       Barrier::init(&st.k_full[i], 1);
@@ -92,7 +101,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
       }
       Pipe k_write, v_write;
       int q_iter = 0;
-      for (int linear = blockIdx.x; linear < sched.num_tiles; linear += gridDim.x) {
+      for (int round = 0, linear; (linear = sched.linear(round)) < sched.num_tiles; ++round) {
         const Tile tile = sched.tile(linear);
         if constexpr (kExtras) {
           ExtraKeyBlocks<kBlockM, kBlockN> blocks(p, tile.m_block, tile.batch, tile.head);
@@ -117,7 +126,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
     const float scale = fmaxf(fabsf(p.scale), FLT_MIN);
     Pipe k_read, v_read;
     int q_iter = 0;
-    for (int linear = blockIdx.x; linear < sched.num_tiles; linear += gridDim.x) {
+    for (int round = 0, linear; (linear = sched.linear(round)) < sched.num_tiles; ++round) {
       const Tile tile = sched.tile(linear);
       Tensor acc_o = partition_fragment_C(mma_pv, Shape<Int<kBlockM>, Int<kHeadDim>>{});
       clear(acc_o);

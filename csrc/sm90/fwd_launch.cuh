@@ -64,23 +64,31 @@ inline bool has_extras(const ExtraParams& e) {
          e.softcap != 0.f;
 }
 
-// The tile order (scheduler.cuh): rows fastest unless the work per q-block grows along the
-// sequence; then heavy first, in sections of (batch, head) pairs whose K and V together take at
-// most section_bytes (fwd_traits.h kSectionBytes, measured). Also heavy first under extras:
-// with lengths the empty q-blocks are the last of each (batch, head), and rows fastest handed
-// them to the same CTAs (CTA c takes q-blocks c, c + 4, ... of 128): seqlen 16k with q and kv
-// lengths 8k ran at 0.46 of the dense rate instead of near 1 (H200, hdim 128).
-inline int tile_section(const AttnParams& p, int64_t kv_bytes_per_row, int64_t section_bytes) {
-  if (!heavy_first_order(p) && !has_extras(p.extra)) return 0;
-  const int64_t num_bh = int64_t(p.b) * p.n;
-  // GQA: the `group` query heads next to each other read one K/V head.
-  const int64_t bytes_per_bh = std::max<int64_t>(int64_t(p.s) * kv_bytes_per_row / p.group, 1);
-  return int(std::clamp<int64_t>(section_bytes / bytes_per_bh, 1, num_bh));
+// The tile order (scheduler.cuh), chosen from the q-blocks per (batch, head):
+//  * rows fastest for non-causal calls without extras, and for causal ones with at most
+//    kRowsFirstMaxMBlocks q-blocks (seqlen <= 2k): few q-blocks per head means little imbalance
+//    for heavy first to fix, and rows fastest keeps the running CTAs on few heads' K/V in L2;
+//  * heavy first over every (batch, head) otherwise, and for every call with extras (lengths
+//    leave the last q-blocks of each head empty; rows fastest handed them to the same CTAs:
+//    16k with 8k lengths ran at 0.46 of the dense rate, heavy first 0.92).
+// Causal, bf16, 16k tokens, H200, one run (two Q buffers, odd rounds backwards), TFLOP/s at
+// seqlen 512/1k/2k/4k/8k/16k, rows fastest | heavy first over every pair:
+//   hdim 64:  211/283/348/383/409/420 | 200/274/336/383/384/408
+//   hdim 128: 261/372/456/508/570/454 | 229/326/419/530/589/576
+//   hdim 256: 251/414/522/613/474/584 | 220/330/491/613/737/780
+// (Sections of a few heads, kept for measurements, were best in no column of that run.)
+inline int tile_section(const AttnParams& p, int64_t num_m_blocks) {
+  constexpr int64_t kRowsFirstMaxMBlocks = 16;
+  if (!has_extras(p.extra) && (!heavy_first_order(p) || num_m_blocks <= kRowsFirstMaxMBlocks)) {
+    return 0;
+  }
+  return int(std::max<int64_t>(int64_t(p.b) * p.n, 1));
 }
 
-// section: the tile order (scheduler.cuh), or -1 for tile_section()'s choice.
+// section: the tile order (scheduler.cuh), or -1 for tile_section()'s choice; snake: odd
+// rounds backwards (scheduler.cuh; false only for tests/cuda's comparison).
 template <class Traits>
-cudaError_t launch_fwd(const FwdParams& p, cudaStream_t stream, int section) {
+cudaError_t launch_fwd(const FwdParams& p, cudaStream_t stream, int section, bool snake = true) {
   using Element = typename Traits::Element;
   if (p.h <= 0 || p.h % 8 != 0 || p.h > Traits::kHeadDim || p.hv != p.h || p.b < 0 || p.t < 0 ||
       p.s < 0 || p.n <= 0 || p.n_kv <= 0 || p.group <= 0 || p.n != p.n_kv * p.group ||
@@ -120,7 +128,8 @@ cudaError_t launch_fwd(const FwdParams& p, cudaStream_t stream, int section) {
       p,
       int(num_m_blocks),
       section >= 0 ? int(std::min<int64_t>(section, int64_t(p.b) * p.n))
-                   : tile_section(p, int64_t(2) * p.h * sizeof(Element), Traits::kSectionBytes)};
+                   : tile_section(p, num_m_blocks),
+      snake};
 
   auto kernel = has_extras(p.extra) ? &fwd_kernel<Traits, true> : &fwd_kernel<Traits, false>;
   constexpr int kSmem = Traits::kSmemBytes;

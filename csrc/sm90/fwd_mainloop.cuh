@@ -102,11 +102,13 @@ struct FwdMainloop {
     };
 
     load_k(blocks.n_hi);
-    // The previous tile's consumers are done with Q once their last S product completed.
-    Barrier::wait(&st.q_empty, (q_iter & 1) ^ 1);
+    // The consumers of the tile that last used this Q buffer are done with it once their last
+    // S product completed.
+    const int q_stage = q_iter % Traits::kQStages;
+    Barrier::wait(&st.q_empty[q_stage], ((q_iter / Traits::kQStages) & 1) ^ 1);
     if (leader) {
-      TxBarrier::arrive_and_expect_tx(&st.q_full, Traits::kQBytes);
-      copy(kp.tma_q.with(st.q_full), get<0>(q_part), get<1>(q_part));
+      TxBarrier::arrive_and_expect_tx(&st.q_full[q_stage], Traits::kQBytes);
+      copy(kp.tma_q.with(st.q_full[q_stage]), get<0>(q_part), get<1>(q_part)(_, q_stage));
     }
     int prev = blocks.n_hi;
     for (int n = blocks.next(prev); n >= blocks.n_lo; n = blocks.next(n)) {
@@ -135,7 +137,8 @@ struct FwdMainloop {
     Tensor sQ = make_tensor(make_smem_ptr(st.q.data()), typename Traits::SmemLayoutQ{});
     Tensor sK = make_tensor(make_smem_ptr(st.k.data()), typename Traits::SmemLayoutK{});
     Tensor sVt = make_tensor(make_smem_ptr(st.v.data()), typename Traits::SmemLayoutVt{});
-    Tensor tSrQ = thr_qk.partition_fragment_A(sQ);    // descriptors (MMA, MMA_M, MMA_K)
+    const int q_stage = q_iter % Traits::kQStages;
+    Tensor tSrQ = thr_qk.partition_fragment_A(sQ(_, _, q_stage));  // descriptors (MMA, MMA_M, MMA_K)
     Tensor tSrK = thr_qk.partition_fragment_B(sK);    // (MMA, MMA_N, MMA_K, stages)
     Tensor tOrV = thr_pv.partition_fragment_B(sVt);   // (MMA, MMA_H, MMA_N, stages)
 
@@ -178,7 +181,7 @@ struct FwdMainloop {
       return softmax.update(s_rc, scale_log2, factor);
     };
 
-    Barrier::wait(&st.q_full, q_iter & 1);
+    Barrier::wait(&st.q_full[q_stage], (q_iter / Traits::kQStages) & 1);
     // Prologue: S for the first block alone (O is still zero: no rescale needed).
     {
       wait_full(st.k_full, k_read);
@@ -247,7 +250,7 @@ struct FwdMainloop {
     }
 
     // Every S product of this warp has completed: Q may be overwritten.
-    if (threadIdx.x % 32 == 0) Barrier::arrive(&st.q_empty);
+    if (threadIdx.x % 32 == 0) Barrier::arrive(&st.q_empty[q_stage]);
     wait_full(st.v_full, v_read);
     wgmma_issue<false>(mma_pv, p_a, tOrV(_, _, _, v_read.index), acc_o);
     wgmma_wait<0>(acc_o, p_a);

@@ -42,7 +42,9 @@ constexpr auto qk_mma_atom() {
   }
 }
 
-template <typename Element_, int kHeadDim_, int kBlockN_, int kStages_, bool kPingPong_>
+// kQStages_: Q buffers, 0 = two where shared memory allows (see kQStages).
+template <typename Element_, int kHeadDim_, int kBlockN_, int kStages_, bool kPingPong_,
+          int kQStages_ = 0>
 struct FwdTraits {
   using Element = Element_;
   static constexpr int kHeadDim = kHeadDim_;
@@ -53,6 +55,12 @@ struct FwdTraits {
   static constexpr bool kPingPong = kPingPong_;
 
   static constexpr int kConsumerWarpGroups = 2;
+  // Two Q buffers where shared memory allows: the next tile's Q loads while this tile ends,
+  // instead of after its last S product (short tiles: causal at short seqlens, windows).
+  // (hdim 64 and 128: 2; hdim 256: 64 KB per Q buffer does not fit twice.)
+  static constexpr int kQStages =
+      kQStages_ > 0 ? kQStages_
+      : (2 * 64 * kConsumerWarpGroups + 2 * kStages * kBlockN) * kHeadDim * 2 <= 226 * 1024 ? 2 : 1;
   static constexpr int kBlockM = 64 * kConsumerWarpGroups;
   static constexpr int kConsumerThreads = 128 * kConsumerWarpGroups;
   static constexpr int kConsumerWarps = kConsumerThreads / 32;
@@ -82,7 +90,7 @@ struct FwdTraits {
   // K-major V tile, with the keys of each 64-column chunk contiguous, so one TMA box per chunk.
   using SmemLayoutQ = decltype(cute::tile_to_shape(
       cute::GMMA::Layout_K_SW128_Atom<Element>{},
-      cute::Shape<cute::Int<kBlockM>, cute::Int<kHeadDim>>{}));
+      cute::Shape<cute::Int<kBlockM>, cute::Int<kHeadDim>, cute::Int<kQStages>>{}));
   using SmemLayoutK = decltype(cute::tile_to_shape(
       cute::GMMA::Layout_K_SW128_Atom<Element>{},
       cute::Shape<cute::Int<kBlockN>, cute::Int<kHeadDim>, cute::Int<kStages>>{}));
@@ -95,8 +103,8 @@ struct FwdTraits {
     cute::array_aligned<Element, cute::cosize_v<SmemLayoutQ>, 1024> q;
     cute::array_aligned<Element, cute::cosize_v<SmemLayoutK>, 1024> k;
     cute::array_aligned<Element, cute::cosize_v<SmemLayoutVt>, 1024> v;
-    uint64_t q_full;  // mbarriers: TMA landed (transaction count) / consumers done reading
-    uint64_t q_empty;
+    uint64_t q_full[kQStages];  // mbarriers: TMA landed (transaction count) / consumers done
+    uint64_t q_empty[kQStages];
     uint64_t k_full[kStages];
     uint64_t k_empty[kStages];
     uint64_t v_full[kStages];
@@ -104,15 +112,6 @@ struct FwdTraits {
   };
   static constexpr int kSmemBytes = int(sizeof(SharedStorage));
   static_assert(kSmemBytes <= 227 * 1024, "shared memory per block on sm90 is 227 KB");
-
-  // Heavy-first tile order (scheduler.cuh): sections of (batch, head) pairs whose K and V take
-  // at most this many bytes. Causal forward, bf16, 16k tokens, H200 (tests/cuda/sm90_notes.md
-  // has the table), TFLOP/s at seqlen 512/1k/2k/4k/8k/16k:
-  //   hdim 128, 64 MB:  262/360/447/533/569/584  (rows first 199/326/405/495/559/437,
-  //                     every pair in one section 243/352/427/504/535/621)
-  //   hdim 256, 64 MB:  253/375/480/555/616/591  (rows first 200/363/520/578/480/458)
-  //   hdim 64,  32 MB:  197/285/354/383/403/421  (64 MB 200/281/335/382/395/413)
-  static constexpr int64_t kSectionBytes = int64_t(kHeadDim <= 64 ? 32 : 64) << 20;
 
   static constexpr uint32_t kQBytes = kBlockM * kHeadDim * sizeof(Element);
   static constexpr uint32_t kKVBytes = kBlockN * kHeadDim * sizeof(Element);
@@ -125,7 +124,8 @@ struct FwdTraits {
   static auto make_tma_q(const Element* ptr, GmemShape shape, GmemStride stride) {
     return cute::make_tma_copy(cute::SM90_TMA_LOAD{},
                                cute::make_tensor(cute::make_gmem_ptr(ptr), shape, stride),
-                               SmemLayoutQ{}, cute::Shape<cute::Int<kBlockM>, cute::Int<kHeadDim>>{},
+                               cute::take<0, 2>(SmemLayoutQ{}),
+                               cute::Shape<cute::Int<kBlockM>, cute::Int<kHeadDim>>{},
                                cute::_1{});
   }
   static auto make_tma_k(const Element* ptr, GmemShape shape, GmemStride stride) {
@@ -155,6 +155,7 @@ struct KernelParams {
   FwdParams fwd;
   int num_m_blocks;
   int section;  // tile order, see scheduler.cuh
+  bool snake;
 };
 
 // Default tiles per head dim (fp16 and bf16 alike). Not tuned on a GPU yet: FlashAttention-3's

@@ -4,6 +4,8 @@
 // Scores arrive raw (s = q . k). With c = |scale| * log2(e) the softmax runs in base 2,
 //   p = 2^(c s - c m),  m = a per-row exponent offset,  lse = |scale| m + ln(sum p),
 // one FFMA and one EX2 per score. (A negative scale is applied by negating s first.)
+// With bias or softcap (mask.h Extras::transforms()) extras_tile() turns scores into
+// natural-unit logits and the caller passes c = log2(e) and scale 1 instead.
 //
 // Deferred, conditional rescaling. The kernel computes the next S while the previous P @ V
 // is still running, so update() only returns the factors for O; the caller applies them

@@ -66,7 +66,8 @@ void sync_or_die(const char* what) {
 }
 
 // section: the tile order (scheduler.cuh), -1 = the library's choice (tile_section).
-using LaunchFn = cudaError_t (*)(const FwdParams&, cudaStream_t, int section);
+// snake: scheduler.cuh's round order (false: straight round robin, for comparison).
+using LaunchFn = cudaError_t (*)(const FwdParams&, cudaStream_t, int section, bool snake);
 using RunFn = cudaError_t (*)(const FwdParams&, cudaStream_t);
 struct Variant {
   std::string name;
@@ -78,17 +79,17 @@ struct Variant {
 };
 
 template <class Traits>
-cudaError_t launch_variant(const FwdParams& p, cudaStream_t s, int section) {
-  return sm90::launch_fwd<Traits>(p, s, section);
+cudaError_t launch_variant(const FwdParams& p, cudaStream_t s, int section, bool snake) {
+  return sm90::launch_fwd<Traits>(p, s, section, snake);
 }
 
 template <class Traits>
 std::string variant_name() {
   char name[80];
-  std::snprintf(name, sizeof(name), "%s h%d %dx%d s%d%s",
+  std::snprintf(name, sizeof(name), "%s h%d %dx%d s%d%s%s",
                 std::is_same_v<typename Traits::Element, cutlass::bfloat16_t> ? "bf16" : "fp16",
                 Traits::kHeadDim, Traits::kBlockM, Traits::kBlockN, Traits::kStages,
-                Traits::kPingPong ? " pp" : "");
+                Traits::kPingPong ? " pp" : "", Traits::kQStages == 2 ? " q2" : "");
   return name;
 }
 
@@ -99,9 +100,9 @@ Variant default_variant() {
                  &launch_variant<T>, &sm90::run_fwd<E, H>};
 }
 
-template <typename E, int H, int N, int S, bool PP>
+template <typename E, int H, int N, int S, bool PP, int QS = 0>
 Variant tuning_variant() {
-  using T = sm90::FwdTraits<E, H, N, S, PP>;
+  using T = sm90::FwdTraits<E, H, N, S, PP, QS>;
   return Variant{variant_name<T>(), std::is_same_v<E, cutlass::bfloat16_t>, H, false,
                  &launch_variant<T>, nullptr};
 }
@@ -113,11 +114,8 @@ std::vector<Variant> all_variants() {
       default_variant<bf16, 64>(), default_variant<bf16, 128>(), default_variant<bf16, 256>(),
       default_variant<fp16, 64>(), default_variant<fp16, 128>(), default_variant<fp16, 256>(),
 #ifndef SM90_CHECK_DEFAULTS_ONLY
-      // Candidates: FlashAttention-3's 176-key blocks at hdim 128, ping-pong at hdim 256, a
-      // wider key block at hdim 64.
-      tuning_variant<bf16, 128, 176, 2, true>(),
-      tuning_variant<bf16, 256, 64, 2, true>(),
-      tuning_variant<bf16, 64, 192, 2, true>(),
+      // One Q buffer (the default has two) at hdim 128.
+      tuning_variant<bf16, 128, 128, 2, true, 1>(),
 #endif
   };
 }
@@ -426,7 +424,7 @@ bool run_case(const Variant& var, const Case& c, uint64_t seed) {
   for (int run = 0; run < 2; ++run) {
     CHECK_CUDA(cudaMemset(o, 0xff, o_elems * sizeof(E)));  // NaN poison
     CHECK_CUDA(cudaMemset(p.lse, 0xff, rows * 4));
-    CHECK_CUDA(var.run ? var.run(p, 0) : var.launch(p, 0, -1));
+    CHECK_CUDA(var.run ? var.run(p, 0) : var.launch(p, 0, -1, true));
     sync_or_die((var.name + " / " + c.name).c_str());
     if (run == 0) fetch(h_o, h_lse); else fetch(h_o2, h_lse2);
   }
@@ -565,16 +563,16 @@ int run_checks(const std::vector<Variant>& vars, bool quick, bool extras_only) {
 // ---------------------------------------------------------------------------------------------
 // Benchmark: 16k tokens per batch, hidden 2048; median of 5 repeats of 10 launches.
 
-double time_ms(const Variant& var, const FwdParams& p, int section) {
+double time_ms(const Variant& var, const FwdParams& p, int section, bool snake = true) {
   cudaEvent_t e0, e1;
   CHECK_CUDA(cudaEventCreate(&e0));
   CHECK_CUDA(cudaEventCreate(&e1));
-  for (int i = 0; i < 2; ++i) CHECK_CUDA(var.launch(p, 0, section));
+  for (int i = 0; i < 2; ++i) CHECK_CUDA(var.launch(p, 0, section, snake));
   sync_or_die(var.name.c_str());
   std::vector<float> reps;
   for (int r = 0; r < 5; ++r) {
     CHECK_CUDA(cudaEventRecord(e0));
-    for (int i = 0; i < 10; ++i) CHECK_CUDA(var.launch(p, 0, section));
+    for (int i = 0; i < 10; ++i) CHECK_CUDA(var.launch(p, 0, section, snake));
     CHECK_CUDA(cudaEventRecord(e1));
     sync_or_die(var.name.c_str());
     float ms;
@@ -609,7 +607,7 @@ int run_bench(const std::vector<Variant>& vars) {
     for (int causal = 0; causal < 2; ++causal) {
       for (int t : seqlens) {
         const bool full_table = var.is_default && var.bf16;
-        if (!full_table && t != 2048 && t != 8192 && t != 16384) continue;
+        if (!var.bf16 && t != 2048 && t != 8192 && t != 16384) continue;
         FwdParams p{};
         p.b = int(tokens / t); p.t = p.s = t; p.h = p.hv = var.hdim;
         p.n = p.n_kv = int(hidden / var.hdim); p.group = 1;
@@ -622,20 +620,17 @@ int run_bench(const std::vector<Variant>& vars) {
         p.q_row_stride = p.k_row_stride = p.v_row_stride = p.o_row_stride = hidden;
         p.q_head_stride = p.k_head_stride = p.v_head_stride = p.o_head_stride = var.hdim;
         const double flops = 4.0 * p.b * p.n * double(t) * t * var.hdim / (causal ? 2 : 1);
-        // Causal: the library's order, then rows first, heavy first over every (batch, head),
-        // and sections of K/V of 16, 32 and 128 MB (fwd_traits.h kSectionBytes: the default).
+        // Causal: the library's order, the same with straight round robin (no odd rounds
+        // backwards), rows first, and heavy first over every (batch, head) in one section.
+        // (-2: the library's section with straight rounds.)
         const int num_bh = p.b * p.n;
-        const int64_t kv_bh = int64_t(2) * t * var.hdim * 2;
         std::vector<int> orders = {-1};
-        if (causal && full_table) {
-          orders.push_back(0);
-          orders.push_back(num_bh);
-          for (int mb : {16, 32, 128}) orders.push_back(int(std::max<int64_t>((int64_t(mb) << 20) / kv_bh, 1)));
-        }
+        if (causal && full_table) orders.insert(orders.end(), {-2, 0, num_bh});
         for (int section : orders) {
-          const double ms = time_ms(var, p, section);
+          const double ms = time_ms(var, p, std::max(section, -1), section != -2);
           char order[32];
-          if (section < 0) std::snprintf(order, sizeof(order), "default");
+          if (section == -1) std::snprintf(order, sizeof(order), "default");
+          else if (section == -2) std::snprintf(order, sizeof(order), "straight");
           else if (section == 0) std::snprintf(order, sizeof(order), "rows-first");
           else std::snprintf(order, sizeof(order), "heavy/%d", std::min(section, num_bh));
           std::printf("%-24s %-6d %-6d %-11s %9.3f %9.1f\n", var.name.c_str(), causal, t, order,
