@@ -4,16 +4,20 @@
 // Dimension legend: kBlockM query rows per tile (64 per consumer warpgroup), kBlockN keys per
 // block, kHeadDim the padded head dim; T, S, H as in params.h.
 //
-// Producer (one thread): K[n_hi], Q, then K[n], V[n + 1] for n = n_hi - 1 .. n_lo, then V[n_lo],
-// each into the next free stage of its ring (K and V have separate rings and barriers). Tiles
-// and rows past T, S or H read as zeros (TMA out-of-bounds fill).
+// Visited key blocks: n_hi, next(n_hi), ... while >= n_lo (scheduler.cuh; every block of the
+// range without extras, where next(n) = n - 1; "prev" below is the block visited before n).
 //
-// Consumer warpgroup (64 rows), key blocks walked from n_hi down, one step per block n:
+// Producer (one thread; its warp with extras): K[n_hi], Q (into the tile's Q buffer: two
+// alternate where shared memory allows), then K[n], V[prev] for each later visited n, then the
+// last V, each into the next free stage of its ring (K and V have separate rings and barriers).
+// Tiles and rows past T, S or H read as zeros (TMA out-of-bounds fill).
+//
+// Consumer warpgroup (64 rows), key blocks walked from n_hi down, one step per visited block n:
 //
 //   S = Q K[n]^T         | issued together, in the warpgroup's ping-pong turn
-//   O += P V[n + 1]      |   (P: the previous block's probabilities, in registers)
+//   O += P V[prev]       |   (P: the previous block's probabilities, in registers)
 //   wait S; release K[n]; mask; softmax(S) -> P', rescale factors    (overlaps the P V product)
-//   wait O; release V[n + 1]; rescale O if the offsets moved; P = P'
+//   wait O; release V[prev]; rescale O if the offsets moved; P = P'
 //
 // with a prologue (S for n_hi alone) and a tail (the last P V). The products of the two
 // warpgroups alternate on the tensor cores while the other one runs its softmax.

@@ -158,13 +158,16 @@ struct KernelParams {
   bool snake;
 };
 
-// Default tiles per head dim (fp16 and bf16 alike). Not tuned on a GPU yet: FlashAttention-3's
-// shapes where they compile without spills (ptxas -v, 240 registers per consumer thread).
-//   hdim 64   128 x 128, 3 stages (Q 16 KB + K/V 96 KB), ping-pong
-//   hdim 128  128 x 128, 2 stages (Q 32 KB + K/V 128 KB), ping-pong
-//   hdim 256  128 x 64,  2 stages (Q 64 KB + K/V 128 KB), no ping-pong (FlashAttention-3 found
-//             none to gain with a 128-register O accumulator). 128 x 80 (FlashAttention-3's
-//             choice, 224 KB) spills 28 bytes in the mainloop here.
+// Default tiles per head dim (fp16 and bf16 alike): FlashAttention-3's shapes where they compile
+// without spills (ptxas -v, 240 registers per consumer thread).
+//   hdim 64   128 x 128, 3 stages (2 x Q 16 KB + K/V 96 KB), ping-pong
+//   hdim 128  128 x 128, 2 stages (2 x Q 32 KB + K/V 128 KB), ping-pong
+//   hdim 256  128 x 64,  2 stages (Q 64 KB + K/V 128 KB), no ping-pong. 128 x 80
+//             (FlashAttention-3's choice, 224 KB) spills 28 bytes in the mainloop here.
+// Measured on H200 and dropped (bf16, TFLOP/s at 2k/8k/16k against the default, same run):
+// hdim 128 x 176 keys non-causal 540/631/624 vs 591/603/628; hdim 64 x 192 keys 368/446/449
+// vs 412/438/445; hdim 256 ping-pong non-causal 658/703/706 vs 626/677/706 but causal
+// 384/510/544 vs 449/530/545 (tests/cuda/sm90_notes.md).
 template <typename Element, int kHeadDim>
 struct FwdDefaultTraits;
 
