@@ -49,9 +49,11 @@ __global__ void fwd_empty_rows_kernel(const __grid_constant__ FwdParams p) {
   }
 }
 
-// The extras' own consistency: segment ids come with their per-chunk ranges on both sides.
+// The extras' own consistency: bias, mask and softcap come with per_element (blocks without it
+// would skip them), segment ids with their per-chunk ranges on both sides.
 inline bool extras_valid(const AttnParams& p) {
   const ExtraParams& e = p.extra;
+  if ((e.bias || e.mask || e.softcap != 0.f) && !e.per_element) return false;
   if (!e.q_segment_ids && !e.kv_segment_ids) return true;
   return e.q_segment_ids && e.kv_segment_ids && e.q_segment_range && e.kv_segment_range &&
          e.q_chunks == (p.t + kSegmentChunk - 1) / kSegmentChunk &&
