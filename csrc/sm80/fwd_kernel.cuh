@@ -228,13 +228,13 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   Tensor tVsV = gmem_load_thr.partition_D(sV);
   Tensor tQcQ = gmem_load_thr.partition_S(make_identity_tensor(Shape<Int<kBlockM>, Int<kHeadDim>>{}));
   Tensor tKVcKV = gmem_load_thr.partition_S(make_identity_tensor(Shape<Int<kBlockN>, Int<kHeadDim>>{}));
-  // Only the tile holding key key_end - 1 can be partial, and it is the first one loaded (the
-  // walk goes downwards) and a masked step, so other loads skip the row check.
   // Stage s of a K or V smem tensor (or partition): the buffers of stage 1 follow those of
   // stage 0 by a multiple of the swizzle period, so offsetting the pointer is enough.
   auto at_stage = [](auto const& t, int stage) {
     return make_tensor(t.data() + stage * (2 * Traits::kSmemKVElems), t.layout());
   };
+  // Only the tile holding key key_end - 1 can be partial, and it is the first one loaded (the
+  // walk goes downwards) and a masked step, so other loads skip the row check.
   auto load_k = [&](int n_block, auto check_rows, int stage) {
     copy_tile_zfill<decltype(check_rows)::value>(gmem_load, gmem_load_thr.partition_S(k_tile(n_block)),
                                                  at_stage(tKsK, stage), tKVcKV,
