@@ -272,7 +272,7 @@ def test_every_output_element_is_written():
       jax.ShapeDtypeStruct(q.shape, jnp.float32), jax.ShapeDtypeStruct(k.shape, dtype),
       jax.ShapeDtypeStruct(v.shape, dtype)))
   bwd_into = jax.jit(
-      lambda dk0, dv0, *operands: bwd_call(*operands, **_cuda._attrs(cfg)),
+      lambda dk0, dv0, *operands: bwd_call(*operands, **_cuda._attrs(cfg, 0)),
       donate_argnums=(0, 1), keep_unused=True)
   args = (poison(k.shape, dtype), poison(v.shape, dtype), q, k, v, dout, lse, delta)
   dq_accum, dk, dv = _aliased(bwd_into, 2, *args)(*args)
