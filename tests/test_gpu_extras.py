@@ -22,7 +22,7 @@ import pytest
 import jax_flash
 from jax_flash import _cuda
 from reference import make_features, split_kwargs, visible_mask
-from test_gpu_kernels import _DTYPES, _HIGHEST, _assert_close, gpu_test
+from test_gpu_kernels import _DTYPES, _assert_close, gpu_test, naive_dense
 
 
 def _families():
@@ -34,43 +34,14 @@ def _families():
   return [90, 80] if on_hopper else [80]
 
 
-def _naive(q, k, v, bias, vis, *, scale, softcap, low_precision):
-  """(out, lse) from dense [B,N,T,S] logits: matmuls in the input dtype (low_precision,
-  softmax in float32) or in float32 at HIGHEST precision."""
-  n, n_kv = q.shape[2], k.shape[2]
-  k = jnp.repeat(k, n // n_kv, axis=2)
-  v = jnp.repeat(v, n // n_kv, axis=2)
-  if low_precision:
-    logits = jnp.einsum("btnh,bsnh->bnts", q, k).astype(jnp.float32)
-  else:
-    logits = jnp.einsum("btnh,bsnh->bnts", q, k, precision=_HIGHEST)
-  logits = logits * scale
-  if softcap is not None:
-    logits = softcap * jnp.tanh(logits / softcap)
-  if bias is not None:
-    logits = logits + bias
-  logits = jnp.where(vis, logits, -jnp.inf)
-  m = jax.lax.stop_gradient(logits.max(-1, keepdims=True))
-  m = jnp.where(jnp.isfinite(m), m, 0.0)
-  p = jnp.where(vis, jnp.exp(logits - m), 0.0)
-  total = p.sum(-1, keepdims=True)
-  safe = jnp.where(total > 0, total, 1.0)  # rows that see nothing: out 0, lse -inf
-  lse = jnp.where(total[..., 0] > 0, jnp.log(safe[..., 0]) + m[..., 0], -jnp.inf)
-  p = p / safe
-  if low_precision:
-    out = jnp.einsum("bnts,bsnh->btnh", p.astype(v.dtype), v)
-  else:
-    out = jnp.einsum("bnts,bsnh->btnh", p, v, precision=_HIGHEST)
-  return out, lse
-
-
 @functools.partial(jax.jit, static_argnames=("scale", "softcap"))
 def _references(q, k, v, bias, vis, dout, dlse, *, scale, softcap):
   """{"ref": (out, lse, dq, dk, dv[, dbias]) in float32, "naive": the same in the dtype}."""
   results = {}
   for name, low in (("ref", False), ("naive", True)):
     cast = (lambda x: x) if low else (lambda x: x.astype(jnp.float32))
-    fn = functools.partial(_naive, vis=vis, scale=scale, softcap=softcap, low_precision=low)
+    fn = functools.partial(naive_dense, visible=vis, scale=scale, softcap=softcap,
+                           low_precision=low)
     (out, lse), vjp = jax.vjp(fn, cast(q), cast(k), cast(v), bias)
     grads = vjp((dout.astype(out.dtype), dlse))
     results[name] = (out, lse) + tuple(g for g in grads if g is not None)

@@ -51,34 +51,28 @@ def gpu_test(fn):
 # ---- the reference ---------------------------------------------------------------------
 
 
-def _naive(q, k, v, *, scale, window, low_precision, q_offset=0):
-  """(out [B,T,N,Hv], lse [B,N,T]) straight from the definition, on dense [B,N,T,S] scores.
-
-  Query row i (absolute position i + q_offset) sees key j iff
-  i - window_left <= j <= i + window_right (UNBOUNDED sides are open).
-  """
-  b, t, n, _ = q.shape
-  s, n_kv = k.shape[1], k.shape[2]
+def naive_dense(q, k, v, bias, visible, *, scale, softcap, low_precision):
+  """(out [B,T,N,Hv], lse [B,N,T]) from dense [B,N,T,S] logits: scale * q.k, softcap,
+  + bias, then -inf where `visible` (bool, broadcastable to [B,N,T,S]) is False. Matmuls in
+  the input dtype (low_precision; softmax in float32) or in float32 at HIGHEST precision."""
+  n, n_kv = q.shape[2], k.shape[2]
   k = jnp.repeat(k, n // n_kv, axis=2)
   v = jnp.repeat(v, n // n_kv, axis=2)
   if low_precision:
-    scores = jnp.einsum("btnh,bsnh->bnts", q, k).astype(jnp.float32)
+    logits = jnp.einsum("btnh,bsnh->bnts", q, k).astype(jnp.float32)
   else:
-    scores = jnp.einsum("btnh,bsnh->bnts", q.astype(jnp.float32), k.astype(jnp.float32),
+    logits = jnp.einsum("btnh,bsnh->bnts", q.astype(jnp.float32), k.astype(jnp.float32),
                         precision=_HIGHEST)
-  scores = scores * scale
-  i = jnp.arange(t)[:, None] + q_offset
-  j = jnp.arange(s)[None, :]
-  visible = jnp.ones((t, s), bool)
-  if window[0] != UNBOUNDED:
-    visible &= j >= i - window[0]
-  if window[1] != UNBOUNDED:
-    visible &= j <= i + window[1]
-  scores = jnp.where(visible, scores, -jnp.inf)
+  logits = logits * scale
+  if softcap is not None:
+    logits = softcap * jnp.tanh(logits / softcap)
+  if bias is not None:
+    logits = logits + bias
+  logits = jnp.where(visible, logits, -jnp.inf)
   # The result does not depend on the shift m, so its gradient is exactly zero.
-  m = jax.lax.stop_gradient(jnp.max(scores, axis=-1, keepdims=True))
+  m = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
   m = jnp.where(jnp.isfinite(m), m, 0.0)
-  p = jnp.where(visible, jnp.exp(scores - m), 0.0)
+  p = jnp.where(visible, jnp.exp(logits - m), 0.0)
   l = jnp.sum(p, axis=-1, keepdims=True)
   l_safe = jnp.where(l > 0, l, 1.0)  # rows that see nothing: out 0, lse -inf, no NaN
   p = p / l_safe
@@ -88,6 +82,21 @@ def _naive(q, k, v, *, scale, window, low_precision, q_offset=0):
   else:
     out = jnp.einsum("bnts,bsnh->btnh", p, v.astype(jnp.float32), precision=_HIGHEST)
   return out, lse
+
+
+def _naive(q, k, v, *, scale, window, low_precision, q_offset=0):
+  """naive_dense under a window: query row i (absolute position i + q_offset) sees key j
+  iff i - window_left <= j <= i + window_right (UNBOUNDED sides are open)."""
+  t, s = q.shape[1], k.shape[1]
+  i = jnp.arange(t)[:, None] + q_offset
+  j = jnp.arange(s)[None, :]
+  visible = jnp.ones((t, s), bool)
+  if window[0] != UNBOUNDED:
+    visible &= j >= i - window[0]
+  if window[1] != UNBOUNDED:
+    visible &= j <= i + window[1]
+  return naive_dense(q, k, v, None, visible, scale=scale, softcap=None,
+                     low_precision=low_precision)
 
 
 @functools.partial(jax.jit, static_argnames=("scale", "window", "q_offset"))
