@@ -66,6 +66,31 @@ struct Window {
   }
 };
 
+// Host side, for every launcher: does the call carry any extra (then the kernels run their
+// extras instantiation), and do the extras satisfy what the kernels trust without checking:
+// segment ids on both sides with their chunk ranges of ceil(T / 16) and ceil(S / 16) chunks,
+// per_element wherever bias, mask or softcap is present (else tiles would skip them), and a
+// finite softcap >= 0. The FFI handler guarantees all of it; direct callers (tests/cuda) may not.
+inline bool has_extras(const ExtraParams& e) {
+  return e.q_seqlen || e.kv_seqlen || e.q_segment_ids || e.bias || e.mask || e.softcap != 0.f ||
+         e.per_element;
+}
+
+inline bool extras_consistent(const AttnParams& p) {
+  const ExtraParams& e = p.extra;
+  const bool segments = e.q_segment_ids != nullptr;
+  if (segments != (e.kv_segment_ids != nullptr) || segments != (e.q_segment_range != nullptr) ||
+      segments != (e.kv_segment_range != nullptr)) {
+    return false;
+  }
+  if (segments && (e.q_chunks != (int64_t(p.t) + kSegmentChunk - 1) / kSegmentChunk ||
+                   e.kv_chunks != (int64_t(p.s) + kSegmentChunk - 1) / kSegmentChunk)) {
+    return false;
+  }
+  if ((e.bias || e.mask || e.softcap != 0.f) && !e.per_element) return false;
+  return e.softcap >= 0.f && std::isfinite(e.softcap);
+}
+
 #if defined(__CUDACC__)
 // The extras of one (batch row b, query head) as a kernel consumes them. Three layers:
 //   1. lengths shrink the problem: rows >= valid_rows and keys >= valid_keys see nothing, so

@@ -37,23 +37,6 @@ inline int extras_mode(const BwdParams& p) {
   return kNoExtras;
 }
 
-// The extras are consistent: segment ids come in pairs with their chunk ranges, dbias only
-// with a bias, and per_element is set where bias, mask or softcap is present (the kernel
-// trusts it to route every tile to the element path).
-inline bool extras_consistent(const BwdParams& p) {
-  const ExtraParams& e = p.extra;
-  if ((e.q_segment_ids == nullptr) != (e.kv_segment_ids == nullptr)) return false;
-  if (e.q_segment_ids != nullptr &&
-      (e.q_segment_range == nullptr || e.kv_segment_range == nullptr ||
-       e.q_chunks != (p.t + kSegmentChunk - 1) / kSegmentChunk ||
-       e.kv_chunks != (p.s + kSegmentChunk - 1) / kSegmentChunk)) {
-    return false;
-  }
-  if (p.dbias != nullptr && e.bias == nullptr) return false;
-  if (!e.per_element && (e.bias != nullptr || e.mask != nullptr || e.softcap != 0.f)) return false;
-  return !std::isnan(e.softcap);
-}
-
 // What the kernel assumes of its arguments; the handler checks shapes before this, so a
 // failure here is a caller bug reported as cudaErrorInvalidValue rather than a crash.
 template <int kHeadDim>
@@ -77,7 +60,8 @@ bool supported(const BwdParams& p) {
       !all_multiple_of(2, p.dk_batch_stride, p.dk_row_stride, p.dk_head_stride) ||
       !all_multiple_of(2, p.dv_batch_stride, p.dv_row_stride, p.dv_head_stride))
     return false;
-  return extras_consistent(p);
+  // The extras as mask.h's extras_consistent, and dbias only with a bias.
+  return extras_consistent(p) && (p.dbias == nullptr || p.extra.bias != nullptr);
 }
 
 // cuTensorMapEncodeTiled from the driver, found once through the runtime (no libcuda link).

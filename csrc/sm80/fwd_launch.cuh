@@ -41,29 +41,7 @@ inline bool fwd_aligned(const FwdParams& p) {
   return ptr_ok(p.q) && ptr_ok(p.k) && ptr_ok(p.v) && ptr_ok(p.o);
 }
 
-// Any of the extras of params.h: such a call runs the kExtras instantiation of the kernel.
-inline bool has_extras(const AttnParams& p) {
-  const ExtraParams& e = p.extra;
-  return e.q_seqlen || e.kv_seqlen || e.q_segment_ids || e.bias || e.mask || e.softcap != 0.f ||
-         e.per_element;
-}
-
-// The extras' pointers agree with each other (the FFI handler checks shapes).
-inline bool extras_consistent(const AttnParams& p) {
-  const ExtraParams& e = p.extra;
-  const bool segments = e.q_segment_ids != nullptr;
-  if (segments != (e.kv_segment_ids != nullptr) || segments != (e.q_segment_range != nullptr) ||
-      segments != (e.kv_segment_range != nullptr)) {
-    return false;
-  }
-  if (segments && (e.q_chunks != (int64_t(p.t) + kSegmentChunk - 1) / kSegmentChunk ||
-                   e.kv_chunks != (int64_t(p.s) + kSegmentChunk - 1) / kSegmentChunk)) {
-    return false;
-  }
-  return !(e.softcap < 0.f) && !((e.bias || e.mask || e.softcap != 0.f) && !e.per_element);
-}
-
-// Launches fwd_kernel<Traits, kExtras>; kExtras must equal has_extras(p).
+// Launches fwd_kernel<Traits, kExtras>; kExtras must equal has_extras(p.extra) (mask.h).
 template <class Traits, bool kExtras>
 cudaError_t launch_fwd_kernel(const FwdParams& p, cudaStream_t stream, FwdOrder order) {
   using Element = typename Traits::Element;
@@ -78,7 +56,7 @@ cudaError_t launch_fwd_kernel(const FwdParams& p, cudaStream_t stream, FwdOrder 
   if (p.h <= 0 || p.h % 8 != 0 || p.h > Traits::kHeadDim || p.hv != p.h || p.b < 0 || p.t < 0 ||
       p.s < 0 || p.n <= 0 || p.n_kv <= 0 || p.group <= 0 || p.n != p.n_kv * p.group ||
       p.window_left < 0 || p.window_right < 0 || !fwd_aligned<Element>(p) ||
-      !extras_consistent(p) || has_extras(p) != kExtras) {
+      !extras_consistent(p) || has_extras(p.extra) != kExtras) {
     return cudaErrorInvalidValue;
   }
   const int64_t num_m_blocks = (int64_t(p.t) + Traits::kBlockM - 1) / Traits::kBlockM;
@@ -100,7 +78,7 @@ cudaError_t launch_fwd_kernel(const FwdParams& p, cudaStream_t stream, FwdOrder 
 // Both instantiations of one tile shape (tests/cuda/fwd_check.cu tries tiles with it).
 template <class Traits>
 cudaError_t launch_fwd(const FwdParams& p, cudaStream_t stream, FwdOrder order) {
-  return has_extras(p) ? launch_fwd_kernel<Traits, true>(p, stream, order)
+  return has_extras(p.extra) ? launch_fwd_kernel<Traits, true>(p, stream, order)
                        : launch_fwd_kernel<Traits, false>(p, stream, order);
 }
 
@@ -139,7 +117,7 @@ template <typename Element, int kHeadDim>
 cudaError_t run_fwd(const FwdParams& params, cudaStream_t stream) {
   using D = FwdDefaultTraits<Element, kHeadDim>;
   const FwdOrder order = default_fwd_order(params, kHeadDim);
-  if (has_extras(params)) {
+  if (has_extras(params.extra)) {
     return launch_fitting<typename D::extras, typename D::extras_fallback, D::kCtas, true>(
         params, stream, order);
   }

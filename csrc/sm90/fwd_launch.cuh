@@ -49,23 +49,6 @@ __global__ void fwd_empty_rows_kernel(const __grid_constant__ FwdParams p) {
   }
 }
 
-// The extras' own consistency: bias, mask and softcap come with per_element (blocks without it
-// would skip them), segment ids with their per-chunk ranges on both sides.
-inline bool extras_valid(const AttnParams& p) {
-  const ExtraParams& e = p.extra;
-  if ((e.bias || e.mask || e.softcap != 0.f) && !e.per_element) return false;
-  if (!e.q_segment_ids && !e.kv_segment_ids) return true;
-  return e.q_segment_ids && e.kv_segment_ids && e.q_segment_range && e.kv_segment_range &&
-         e.q_chunks == (p.t + kSegmentChunk - 1) / kSegmentChunk &&
-         e.kv_chunks == (p.s + kSegmentChunk - 1) / kSegmentChunk;
-}
-
-// Any extra that changes what a row sees or how its logits are formed: the kExtras kernel.
-inline bool has_extras(const ExtraParams& e) {
-  return e.q_seqlen || e.kv_seqlen || e.q_segment_ids || e.per_element || e.bias || e.mask ||
-         e.softcap != 0.f;
-}
-
 // The tile order (scheduler.cuh), chosen from the q-blocks per (batch, head):
 //  * rows fastest for non-causal calls without extras, and for causal ones with at most
 //    kRowsFirstMaxMBlocks q-blocks (seqlen <= 2k): few q-blocks per head means little imbalance
@@ -94,8 +77,7 @@ cudaError_t launch_fwd(const FwdParams& p, cudaStream_t stream, int section, boo
   using Element = typename Traits::Element;
   if (p.h <= 0 || p.h % 8 != 0 || p.h > Traits::kHeadDim || p.hv != p.h || p.b < 0 || p.t < 0 ||
       p.s < 0 || p.n <= 0 || p.n_kv <= 0 || p.group <= 0 || p.n != p.n_kv * p.group ||
-      p.window_left < 0 || p.window_right < 0 || !extras_valid(p) ||
-      !(p.extra.softcap >= 0.f && p.extra.softcap < INFINITY)) {
+      p.window_left < 0 || p.window_right < 0 || !extras_consistent(p)) {
     return cudaErrorInvalidValue;
   }
   if (p.b == 0 || p.t == 0) return cudaSuccess;
