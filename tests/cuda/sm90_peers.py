@@ -8,31 +8,21 @@ last; median of 5 repeats).
 FlashAttention-3 runs where its wheel is importable and has kernels (head dim 128 only).
 """
 
-import statistics
+import os
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
+
+# The timing protocol lives once, in examples/benchmark.py.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "examples"))
+from benchmark import time_per_call  # noqa: E402
 
 try:
   import flash_attn3_jax
 except ImportError as e:  # the peer is optional: say so and time cuDNN alone
   print(f"flash-attn3-jax not available ({e}); timing cuDNN only")
   flash_attn3_jax = None
-
-
-def bench(fn, q, k, v) -> float:
-  for _ in range(2):
-    fn(q, k, v).block_until_ready()
-  reps = []
-  for _ in range(5):
-    start = time.perf_counter()
-    for _ in range(10):
-      out = fn(q, k, v)
-    out.block_until_ready()
-    reps.append((time.perf_counter() - start) / 10)
-  return statistics.median(reps)
 
 
 def peers(causal: bool):
@@ -59,7 +49,7 @@ def main() -> None:
           if name == "fa3" and hdim != 128:
             continue
           try:
-            t = bench(fn, q, k, v)
+            t, _ = time_per_call(fn, (q, k, v))
           except Exception as e:  # report and go on: one unsupported shape must not end the table
             print(f"{name:<8} {hdim:<5} {int(causal):<6} {seqlen:<6} failed: {type(e).__name__}: {e}"[:200])
             continue
