@@ -28,6 +28,14 @@ class Call(NamedTuple):
   cfg: AttnConfig
   lead: tuple[int, ...]  # the caller's leading batch dims ((), (B,), (B1, B2), ...)
 
+  def result(self, out, lse):
+    """The caller's view of a canonical (out [B,T,N,Hv], lse [B,N,T]): leading dims
+    restored, lse only when return_lse."""
+    out = out.reshape(self.lead + out.shape[1:])
+    if not self.cfg.return_lse:
+      return out
+    return out, lse.reshape(self.lead + lse.shape[1:])
+
 
 def _as_array(x, name: str):
   if x is None:

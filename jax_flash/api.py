@@ -82,7 +82,4 @@ def attention(query, key, value, bias=None, mask=None, *, scale=None, is_causal=
       implementation=implementation)
   impl = _choose_implementation(implementation, call)
   out, lse = attention_core(call.q, call.k, call.v, call.extras, call.cfg, impl)
-  out = out.reshape(call.lead + out.shape[1:])
-  if not call.cfg.return_lse:
-    return out
-  return out, lse.reshape(call.lead + lse.shape[1:])
+  return call.result(out, lse)

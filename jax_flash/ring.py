@@ -378,7 +378,4 @@ def ring_attention(query, key, value, *, axis_name, is_causal=False, scale=None,
   axis = tuple(axis_name) if isinstance(axis_name, (tuple, list)) else axis_name
   out, lse = _ring_core(call.q, call.k, call.v, call.extras, call.cfg, impl, axis,
                         axis_size, layout)
-  out = out.reshape(call.lead + out.shape[1:])
-  if not call.cfg.return_lse:
-    return out
-  return out, lse.reshape(call.lead + lse.shape[1:])
+  return call.result(out, lse)
