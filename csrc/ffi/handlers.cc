@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <limits>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "dispatch/dispatch.h"
@@ -243,47 +244,43 @@ ffi::Error decode_extras(const char* target, const ffi::RemainingArgs& args, int
     return expect_shape(target, name, out.dimensions(), shape);
   };
   ffi::AnyBuffer buf(static_cast<const XLA_FFI_Buffer*>(nullptr));  // set by take()
+  // A bias or mask: any shape broadcastable to [B, N, T, S], decoded into its strides.
+  auto take_pairwise = [&](const char* name, ffi::DataType dtype,
+                           int64_t (&stride)[4]) -> ffi::Error {
+    if (auto e = take(name, dtype, {}, buf); e.failure()) return e;
+    return pairwise_strides(target, name, buf.dimensions(), lead, p, stride);
+  };
+  // Lengths, segment ids and their chunk ranges: int32 of an exact shape.
+  auto take_s32 = [&](const char* name, const Shape& shape, const int32_t*& data) -> ffi::Error {
+    if (auto e = take(name, ffi::DataType::S32, shape, buf); e.failure()) return e;
+    data = static_cast<const int32_t*>(buf.untyped_data());
+    return ffi::Error::Success();
+  };
   if (bits & kBias) {
-    if (auto e = take("bias", ffi::DataType::F32, {}, buf); e.failure()) return e;
-    if (auto e = pairwise_strides(target, "bias", buf.dimensions(), lead, p, x.bias_stride);
-        e.failure()) {
-      return e;
-    }
+    if (auto e = take_pairwise("bias", ffi::DataType::F32, x.bias_stride); e.failure()) return e;
     x.bias = static_cast<const float*>(buf.untyped_data());
   }
   if (bits & kMask) {
-    if (auto e = take("mask", ffi::DataType::PRED, {}, buf); e.failure()) return e;
-    if (auto e = pairwise_strides(target, "mask", buf.dimensions(), lead, p, x.mask_stride);
-        e.failure()) {
-      return e;
-    }
+    if (auto e = take_pairwise("mask", ffi::DataType::PRED, x.mask_stride); e.failure()) return e;
     x.mask = static_cast<const uint8_t*>(buf.untyped_data());
   }
   if (bits & kQSeqlen) {
-    if (auto e = take("q_seqlen", ffi::DataType::S32, lead, buf); e.failure()) return e;
-    x.q_seqlen = static_cast<const int32_t*>(buf.untyped_data());
+    if (auto e = take_s32("q_seqlen", lead, x.q_seqlen); e.failure()) return e;
   }
   if (bits & kKvSeqlen) {
-    if (auto e = take("kv_seqlen", ffi::DataType::S32, lead, buf); e.failure()) return e;
-    x.kv_seqlen = static_cast<const int32_t*>(buf.untyped_data());
+    if (auto e = take_s32("kv_seqlen", lead, x.kv_seqlen); e.failure()) return e;
   }
   if (bits & kSegments) {
     x.q_chunks = (p.t + kSegmentChunk - 1) / kSegmentChunk;
     x.kv_chunks = (p.s + kSegmentChunk - 1) / kSegmentChunk;
-    const ffi::DataType s32 = ffi::DataType::S32;
-    if (auto e = take("q_segment_ids", s32, concat(lead, {p.t}), buf); e.failure()) return e;
-    x.q_segment_ids = static_cast<const int32_t*>(buf.untyped_data());
-    if (auto e = take("kv_segment_ids", s32, concat(lead, {p.s}), buf); e.failure()) return e;
-    x.kv_segment_ids = static_cast<const int32_t*>(buf.untyped_data());
-    if (auto e = take("q_segment_range", s32, concat(lead, {x.q_chunks, 2}), buf); e.failure()) {
-      return e;
+    const std::tuple<const char*, Shape, const int32_t**> segments[] = {
+        {"q_segment_ids", concat(lead, {p.t}), &x.q_segment_ids},
+        {"kv_segment_ids", concat(lead, {p.s}), &x.kv_segment_ids},
+        {"q_segment_range", concat(lead, {x.q_chunks, 2}), &x.q_segment_range},
+        {"kv_segment_range", concat(lead, {x.kv_chunks, 2}), &x.kv_segment_range}};
+    for (const auto& [name, shape, data] : segments) {
+      if (auto e = take_s32(name, shape, *data); e.failure()) return e;
     }
-    x.q_segment_range = static_cast<const int32_t*>(buf.untyped_data());
-    if (auto e = take("kv_segment_range", s32, concat(lead, {x.kv_chunks, 2}), buf);
-        e.failure()) {
-      return e;
-    }
-    x.kv_segment_range = static_cast<const int32_t*>(buf.untyped_data());
   }
   x.softcap = softcap;
   x.per_element = x.bias != nullptr || x.mask != nullptr || softcap != 0.f;
