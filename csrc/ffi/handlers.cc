@@ -351,6 +351,14 @@ ffi::Error check_kernel(const char* target, const DeviceInfo& info, int32_t forc
   return ffi::Error::Success();
 }
 
+// Reads the device (cached), records its SM count in p and checks there is a kernel for it.
+ffi::Error prepare_device(const char* target, int32_t device, int32_t force_arch, AttnParams& p,
+                          DeviceInfo& info) {
+  if (auto e = device_info(target, device, info); e.failure()) return e;
+  p.num_sms = info.num_sms;
+  return check_kernel(target, info, force_arch, p);
+}
+
 ffi::Error FwdImpl(cudaStream_t stream, int32_t device, ffi::AnyBuffer q, ffi::AnyBuffer k,
                    ffi::AnyBuffer v, ffi::RemainingArgs extra_args,
                    ffi::Result<ffi::AnyBuffer> o, ffi::Result<ffi::Buffer<ffi::F32>> lse,
@@ -360,10 +368,7 @@ ffi::Error FwdImpl(cudaStream_t stream, int32_t device, ffi::AnyBuffer q, ffi::A
   FwdParams p{};
   Shape lead;
   if (auto e = decode_attn(kTarget, q, k, v, scale, window_left, window_right, p, lead);
-      e.failure()) {
-    return e;
-  }
-  if (auto e = decode_extras(kTarget, extra_args, extras, softcap, lead, p); e.failure()) {
+      e.failure() || (e = decode_extras(kTarget, extra_args, extras, softcap, lead, p)).failure()) {
     return e;
   }
   if (auto e = expect_shape(kTarget, "o", o->dimensions(), concat(lead, {p.t, p.n, p.hv}));
@@ -384,9 +389,7 @@ ffi::Error FwdImpl(cudaStream_t stream, int32_t device, ffi::AnyBuffer q, ffi::A
   p.o_batch_stride = int64_t{p.t} * p.n * p.hv;
 
   DeviceInfo info;
-  if (auto e = device_info(kTarget, device, info); e.failure()) return e;
-  p.num_sms = info.num_sms;
-  if (auto e = check_kernel(kTarget, info, force_arch, p); e.failure()) return e;
+  if (auto e = prepare_device(kTarget, device, force_arch, p, info); e.failure()) return e;
   if (cudaError_t st = dispatch_fwd(p, info.cc, force_arch, stream); st != cudaSuccess) {
     return cuda_error(kTarget, "the forward kernel", st);
   }
@@ -404,10 +407,7 @@ ffi::Error BwdImpl(cudaStream_t stream, int32_t device, ffi::AnyBuffer q, ffi::A
   BwdParams p{};
   Shape lead;
   if (auto e = decode_attn(kTarget, q, k, v, scale, window_left, window_right, p, lead);
-      e.failure()) {
-    return e;
-  }
-  if (auto e = decode_extras(kTarget, extra_args, extras, softcap, lead, p); e.failure()) {
+      e.failure() || (e = decode_extras(kTarget, extra_args, extras, softcap, lead, p)).failure()) {
     return e;
   }
   // dbias: one float32 result shaped like bias, exactly when there is a bias.
@@ -481,9 +481,7 @@ ffi::Error BwdImpl(cudaStream_t stream, int32_t device, ffi::AnyBuffer q, ffi::A
   p.dv_batch_stride = p.v_batch_stride;
 
   DeviceInfo info;
-  if (auto e = device_info(kTarget, device, info); e.failure()) return e;
-  p.num_sms = info.num_sms;
-  if (auto e = check_kernel(kTarget, info, force_arch, p); e.failure()) return e;
+  if (auto e = prepare_device(kTarget, device, force_arch, p, info); e.failure()) return e;
   // The kernels accumulate dq atomically across key blocks.
   if (cudaError_t st = cudaMemsetAsync(p.dq_accum, 0, dq_accum->size_bytes(), stream);
       st != cudaSuccess) {
