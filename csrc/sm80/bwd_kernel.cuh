@@ -6,9 +6,9 @@
 //   Br = kBlockM query rows per step, Bc = kBlockN keys per CTA.
 //   i: query row, j: key row; scores s_ij = q_i . k_j.
 //
-// One CTA per (Bc-block of keys, batch, KV head). K and V stay in shared memory; the CTA
-// walks the G query heads of its group and, for each, the Br-blocks of queries that see
-// its keys (the band). Per step, with P = exp(scale * S - lse):
+// One CTA per (Bc-block of keys, batch, KV head), launched in BwdOrder. K and V stay in
+// shared memory; the CTA walks the G query heads of its group and, for each, the Br-blocks
+// of queries that see its keys (the band). Per step, with P = exp(scale * S - lse):
 //   S  = Q K^T      dP = dO V^T      dS = P * (dP - delta)
 //   dV += P^T dO    dK += dS^T Q     (registers, summed over the whole group: no atomics)
 //   dQ  = dS K      (added into float32 dq_accum: vector atomics, or on sm90 with kBulkDq
@@ -290,6 +290,19 @@ enum BwdExtras : int {
   kLogits = 2,  // and bias (with dbias) and softcap: the logits change too
 };
 
+// Which (key block, KV head, batch) each CTA takes. The grid is (X, K, Z), x fastest in
+// launch order; the key block and the batch are x and z or z and x:
+//   keys fastest: grid (key blocks, K, B): CTAs resident together share one head's Q, dO
+//                 and dQ rows in L2;
+//   heavy first:  grid (B, K, key blocks): one key block of every (batch, KV head), key
+//                 block 0 first: with a causal mask the first key blocks see the most
+//                 queries, so the last wave holds the lightest CTAs.
+// A template parameter, which doubles the instantiations (a bwd translation unit compiles
+// in ~25 s instead of ~14 s here): chosen at run time (a select, or multiply-adds from
+// constants), it cost the hdim-128 no-extras kernel 16-28 bytes of spills in its main loop
+// (ptxas, sm_90, 255 registers), where either order alone compiles with none.
+enum class BwdOrder : int { kKeysFastest = 0, kHeavyFirst = 1 };
+
 // The no-extras kernel's stand-in for Extras: full lengths, nothing else.
 struct NoExtras {
   int valid_rows, valid_keys;
@@ -300,7 +313,7 @@ struct NoExtras {
 // ---------------------------------------------------------------------------------------
 // The kernel.
 
-template <typename Element, typename Cfg, int kExtras>
+template <typename Element, typename Cfg, int kExtras, BwdOrder kOrder>
 __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm)
     bwd_kernel(const __grid_constant__ BwdParams p, const __grid_constant__ CUtensorMap dq_map) {
   constexpr int kH = Cfg::kHeadDim;
@@ -326,9 +339,10 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm)
   // Accumulator element e of an m16n8 tile sits at row lane / 4 (+ 8 for e >= 2) and
   // column 2 (lane % 4) + (e % 2).
 
-  const int n_block = blockIdx.x;
+  constexpr bool kHeavyFirst = kOrder == BwdOrder::kHeavyFirst;
+  const int n_block = kHeavyFirst ? blockIdx.z : blockIdx.x;
   const int kv_head = blockIdx.y;
-  const int batch = blockIdx.z;
+  const int batch = kHeavyFirst ? blockIdx.x : blockIdx.z;
   const int n_start = n_block * kBc;
   // Lengths: keys >= key_end and rows >= row_end see nothing (p.s and p.t without extras).
   std::conditional_t<kExtras != kNoExtras, Extras, NoExtras> ex(p, batch, kv_head * p.group);
@@ -476,10 +490,14 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm)
       next_m = last_block ? m_lo : m;
       next_head += last_block;
     } else {
-      int block_x;
-      asm volatile("mov.u32 %0, %%ctaid.x;\n" : "=r"(block_x));
+      int key_block;
+      if constexpr (kHeavyFirst) {
+        asm volatile("mov.u32 %0, %%ctaid.z;\n" : "=r"(key_block));
+      } else {
+        asm volatile("mov.u32 %0, %%ctaid.x;\n" : "=r"(key_block));
+      }
       const bool last_block = m_blk + 1 == m_end;
-      next_m = last_block ? first_block(block_x * kBc) : m_blk + 1;
+      next_m = last_block ? first_block(key_block * kBc) : m_blk + 1;
       next_head += last_block;
     }
 

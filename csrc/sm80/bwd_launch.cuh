@@ -45,7 +45,7 @@ bool supported(const BwdParams& p) {
   if (p.b < 0 || p.t < 0 || p.s < 0 || p.n_kv <= 0 || p.group <= 0) return false;
   if (int64_t{p.n_kv} * p.group != p.n) return false;
   if (p.window_left < 0 || p.window_right < 0) return false;
-  if (p.b > 65535 || p.n_kv > 65535) return false;  // grid z and y
+  if (p.b > 65535 || p.n_kv > 65535) return false;  // grid z and y (x in heavy-first order)
   // cp.async moves 16-byte chunks of 8 elements.
   if (!aligned(p.q, 16) || !aligned(p.k, 16) || !aligned(p.v, 16) || !aligned(p.dout, 16))
     return false;
@@ -112,15 +112,42 @@ bool device_fits() {
   return smem >= Cfg::kSmemBytes && (!Cfg::kBulkDq || major >= 9);
 }
 
+template <typename Cfg>
+int64_t key_blocks(const BwdParams& p) {
+  return (int64_t{p.s} + Cfg::kBlockN - 1) / Cfg::kBlockN;
+}
+
+// Heavy first where a CTA's work shrinks with its key-block index (a right-bounded window
+// with no left bound, e.g. causal: key block 0 sees every query) and the key blocks fit in
+// grid z, else key blocks fastest.
+template <typename Cfg>
+BwdOrder default_bwd_order(const BwdParams& p) {
+  const bool shrinking = p.window_right != kUnbounded && p.window_left == kUnbounded;
+  return shrinking && key_blocks<Cfg>(p) <= 65535 ? BwdOrder::kHeavyFirst
+                                                  : BwdOrder::kKeysFastest;
+}
+
+// The kernel a call needs (extras_mode) in CTA order kOrder.
+template <typename Element, typename Cfg, BwdOrder kOrder>
+auto kernel_for(int mode) {
+  return mode == kLogits  ? &bwd_kernel<Element, Cfg, kLogits, kOrder>
+         : mode == kMasks ? &bwd_kernel<Element, Cfg, kMasks, kOrder>
+                          : &bwd_kernel<Element, Cfg, kNoExtras, kOrder>;
+}
+
 // Launches Cfg; dq_map is read only by kBulkDq configs. A call without extras runs the
 // kernel compiled without them (the extras kernels hold more registers).
 template <typename Element, typename Cfg>
-cudaError_t launch(const BwdParams& params, const CUtensorMap& dq_map, cudaStream_t stream) {
-  const dim3 grid((params.s + Cfg::kBlockN - 1) / Cfg::kBlockN, params.n_kv, params.b);
+cudaError_t launch(const BwdParams& params, const CUtensorMap& dq_map, BwdOrder order,
+                   cudaStream_t stream) {
+  const unsigned blocks = static_cast<unsigned>(key_blocks<Cfg>(params));
+  const bool heavy_first = order == BwdOrder::kHeavyFirst;
+  if (heavy_first && blocks > 65535) return cudaErrorInvalidValue;
+  const dim3 grid = heavy_first ? dim3(params.b, params.n_kv, blocks)
+                                : dim3(blocks, params.n_kv, params.b);
   const int mode = extras_mode(params);
-  auto* kernel = mode == kLogits  ? &bwd_kernel<Element, Cfg, kLogits>
-                 : mode == kMasks ? &bwd_kernel<Element, Cfg, kMasks>
-                                  : &bwd_kernel<Element, Cfg, kNoExtras>;
+  auto* kernel = heavy_first ? kernel_for<Element, Cfg, BwdOrder::kHeavyFirst>(mode)
+                             : kernel_for<Element, Cfg, BwdOrder::kKeysFastest>(mode);
   if constexpr (Cfg::kSmemBytes > 48 * 1024) {
     const cudaError_t err = cudaFuncSetAttribute(
         kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmemBytes);
@@ -132,16 +159,22 @@ cudaError_t launch(const BwdParams& params, const CUtensorMap& dq_map, cudaStrea
 
 }  // namespace bwd
 
-// Launches one tile configuration (the tests and tuning call this with other configs).
+// Launches one tile configuration in `order` (the tests and tuning call this with other
+// configs and orders).
 template <typename Element, typename Cfg>
-cudaError_t launch_bwd(const BwdParams& params, cudaStream_t stream) {
+cudaError_t launch_bwd(const BwdParams& params, cudaStream_t stream, bwd::BwdOrder order) {
   if (!bwd::supported<Cfg::kHeadDim>(params)) return cudaErrorInvalidValue;
   if (params.b == 0 || params.s == 0) return cudaSuccess;  // no dK/dV rows, no dQ terms
   CUtensorMap dq_map{};
   if constexpr (Cfg::kBulkDq) {
     if (params.t > 0 && !bwd::encode_dq_map(params, &dq_map)) return cudaErrorInvalidValue;
   }
-  return bwd::launch<Element, Cfg>(params, dq_map, stream);
+  return bwd::launch<Element, Cfg>(params, dq_map, order, stream);
+}
+
+template <typename Element, typename Cfg>
+cudaError_t launch_bwd(const BwdParams& params, cudaStream_t stream) {
+  return launch_bwd<Element, Cfg>(params, stream, bwd::default_bwd_order<Cfg>(params));
 }
 
 // The Hopper config where the device, the driver and dq_accum's layout allow it; the
@@ -153,7 +186,8 @@ cudaError_t run_bwd(const BwdParams& params, cudaStream_t stream) {
     CUtensorMap dq_map{};
     if (bwd::supported<kHeadDim>(params) && params.b > 0 && params.s > 0 && params.t > 0 &&
         bwd::device_fits<typename Traits::Sm90Config>() && bwd::encode_dq_map(params, &dq_map)) {
-      return bwd::launch<Element, typename Traits::Sm90Config>(params, dq_map, stream);
+      return bwd::launch<Element, typename Traits::Sm90Config>(
+          params, dq_map, bwd::default_bwd_order<typename Traits::Sm90Config>(params), stream);
     }
   }
   return launch_bwd<Element, typename Traits::Config>(params, stream);

@@ -3,8 +3,9 @@
 //   nvcc -std=c++17 -O3 --use_fast_math --expt-relaxed-constexpr \
 //     -gencode arch=compute_90,code=sm_90 -I csrc -I <cutlass>/include \
 //     tests/cuda/bwd_check.cu -o out/bwd_check
-//   out/bwd_check [check|time|quick|timex]   (default: check then time; timex: issue 5's
-//                                       window / packed-document points only)
+//   out/bwd_check [check|time|quick|timex|order]   (default: check then time; timex: issue
+//                                       5's window / packed-document points only; order:
+//                                       both CTA orders at the benchmark shapes)
 //   out/bwd_check variant HDIM BITS     one variant of the defaults (BITS: 1 TMA dQ, 2 late
 //                                       exponentials, 4 rotated start): checks, then times
 //
@@ -37,6 +38,7 @@ using jax_flash::sm80::BwdConfig;
 using jax_flash::sm80::BwdTraits;
 using jax_flash::sm80::launch_bwd;
 using jax_flash::sm80::run_bwd;
+using jax_flash::sm80::bwd::BwdOrder;
 using bf16 = cutlass::bfloat16_t;
 using fp16 = cutlass::half_t;
 
@@ -383,13 +385,15 @@ size_t set_extras(BwdParams& p, const Extra& x, Uploads& up) {
   return bias_elems;
 }
 
-// How a check launches the kernel: one tile configuration, or run_bwd's choice for the
-// device (what the JAX extension calls).
-template <typename Cfg>
+// How a check launches the kernel: one tile configuration (in the default CTA order, or in
+// kOrder >= 0 for every case), or run_bwd's choice for the device (what the JAX extension
+// calls).
+template <typename Cfg, int kOrder = -1>
 struct ByConfig {
   static constexpr int kHeadDim = Cfg::kHeadDim;
   template <typename E>
   static cudaError_t launch(const BwdParams& p, cudaStream_t stream) {
+    if constexpr (kOrder >= 0) return launch_bwd<E, Cfg>(p, stream, BwdOrder(kOrder));
     return launch_bwd<E, Cfg>(p, stream);
   }
 };
@@ -644,8 +648,10 @@ __global__ void fill_stats(float* lse, float* delta, int rows, int t, int s, boo
 }
 
 // once: a single launch per shape and no timing (for a profiler).
+// order: -1 the launcher's default, else that BwdOrder for every shape.
 template <typename Cfg>
-void time_config(const char* cfg_name, const std::vector<int>& seqlens, bool once = false) {
+void time_config(const char* cfg_name, const std::vector<int>& seqlens, bool once = false,
+                 int order = -1) {
   constexpr int H = Cfg::kHeadDim;
   const size_t tokens = 16384, hidden = 2048;
   const size_t elems = tokens * hidden;
@@ -659,10 +665,10 @@ void time_config(const char* cfg_name, const std::vector<int>& seqlens, bool onc
   for (bf16* ptr : {q, k, v, dout}) fill_normal_bf16<<<1024, 256>>>(ptr, elems, seed++);
   CK(cudaMemset(dq, 0, elems * sizeof(float)));
   int ctas = 0;
-  CK(cudaFuncSetAttribute(jax_flash::sm80::bwd::bwd_kernel<bf16, Cfg, jax_flash::sm80::bwd::kNoExtras>,
-                          cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmemBytes));
-  CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&ctas, jax_flash::sm80::bwd::bwd_kernel<bf16, Cfg, jax_flash::sm80::bwd::kNoExtras>,
-                                                   Cfg::kThreads, Cfg::kSmemBytes));
+  auto* kernel = jax_flash::sm80::bwd::bwd_kernel<bf16, Cfg, jax_flash::sm80::bwd::kNoExtras,
+                                                   BwdOrder::kKeysFastest>;
+  CK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmemBytes));
+  CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&ctas, kernel, Cfg::kThreads, Cfg::kSmemBytes));
   std::printf("config %s: %d threads, %d B smem, %d CTA(s)/SM\n", cfg_name, Cfg::kThreads,
               Cfg::kSmemBytes, ctas);
   cudaEvent_t e0, e1;
@@ -690,13 +696,16 @@ void time_config(const char* cfg_name, const std::vector<int>& seqlens, bool onc
       p.dtype = jax_flash::DType::kBFloat16;
       fill_stats<<<256, 256>>>(lse, delta, b * n * t, t, t, causal);
       CK(cudaGetLastError());
-      for (int w = 0; w < (once ? 1 : 2); ++w) CK((launch_bwd<bf16, Cfg>(p, 0)));
+      auto launch = [&]() {
+        return order < 0 ? launch_bwd<bf16, Cfg>(p, 0) : launch_bwd<bf16, Cfg>(p, 0, BwdOrder(order));
+      };
+      for (int w = 0; w < (once ? 1 : 2); ++w) CK(launch());
       CK(cudaDeviceSynchronize());
       if (once) continue;
       std::vector<float> ms;
       for (int rep = 0; rep < 5; ++rep) {
         CK(cudaEventRecord(e0));
-        for (int it = 0; it < 10; ++it) CK((launch_bwd<bf16, Cfg>(p, 0)));
+        for (int it = 0; it < 10; ++it) CK(launch());
         CK(cudaEventRecord(e1));
         CK(cudaEventSynchronize(e1));
         float elapsed;
@@ -865,6 +874,15 @@ int main(int argc, char** argv) {
       fails += run_cases<fp16, ByDispatch<256>>("dispatch", true);
       fails += run_extra_cases<fp16, ByDispatch<128>>("dispatch", true);
       fails += run_cases<bf16, ByConfig<H64_M64>>("h64 Br64", true);
+      // Both CTA orders on every case (the default picks one by the window).
+      fails += run_cases<bf16, ByConfig<BwdTraits<64>::Sm90Config, 0>>("h64 keys fastest", false);
+      fails += run_cases<bf16, ByConfig<BwdTraits<64>::Sm90Config, 1>>("h64 heavy first", false);
+      fails += run_cases<bf16, ByConfig<BwdTraits<128>::Sm90Config, 0>>("h128 keys fastest", false);
+      fails += run_cases<bf16, ByConfig<BwdTraits<128>::Sm90Config, 1>>("h128 heavy first", false);
+      fails += run_extra_cases<bf16, ByConfig<BwdTraits<128>::Sm90Config, 0>>("h128 keys fastest",
+                                                                              false);
+      fails += run_extra_cases<bf16, ByConfig<BwdTraits<128>::Sm90Config, 1>>("h128 heavy first",
+                                                                              false);
     }
     std::printf("CHECK %s: %d failing cases\n", fails ? "FAILED" : "passed", fails);
   }
@@ -883,6 +901,15 @@ int main(int argc, char** argv) {
     time_config<BwdTraits<256>::Config>("h256 default 64x64", {1024, 4096, 16384});
   }
   if (mode == "all" || mode == "time" || mode == "timex") time_extras();
+  if (mode == "order") {  // both CTA orders of the Hopper defaults at the benchmark shapes
+    const std::vector<int> seqlens = {2048, 4096, 8192, 16384};
+    time_config<BwdTraits<64>::Sm90Config>("h64 keys fastest", seqlens, false, 0);
+    time_config<BwdTraits<64>::Sm90Config>("h64 heavy first", seqlens, false, 1);
+    time_config<BwdTraits<128>::Sm90Config>("h128 keys fastest", seqlens, false, 0);
+    time_config<BwdTraits<128>::Sm90Config>("h128 heavy first", seqlens, false, 1);
+    time_config<BwdTraits<256>::Config>("h256 keys fastest", {4096, 16384}, false, 0);
+    time_config<BwdTraits<256>::Config>("h256 heavy first", {4096, 16384}, false, 1);
+  }
   if (mode == "profile") {  // one shape per head dim, for ncu
     time_config<BwdTraits<128>::Sm90Config>("h128 sm90 default", {16384}, true);
     time_config<BwdTraits<64>::Sm90Config>("h64 sm90 default", {16384}, true);
