@@ -117,14 +117,24 @@ int64_t key_blocks(const BwdParams& p) {
   return (int64_t{p.s} + Cfg::kBlockN - 1) / Cfg::kBlockN;
 }
 
-// Heavy first where a CTA's work shrinks with its key-block index (a right-bounded window
-// with no left bound, e.g. causal: key block 0 sees every query) and the key blocks fit in
-// grid z, else key blocks fastest.
+// Heavy first at head dims >= 128 where a CTA's work shrinks with its key-block index (a
+// right-bounded window with no left bound, e.g. causal: key block 0 sees every query) and
+// the key blocks fit in grid z; else key blocks fastest. Kernel alone on an H200 (bf16, 16k
+// tokens, hidden 2048; bwd_check order, one run 2026-11-21), TFLOP/s keys fastest -> heavy
+// first at seqlen 2k / 4k / 8k / 16k:
+//   causal hdim 128   247 / 266 / 279 / 299 -> 256 / 276 / 290 / 298  (+3.4 to +4.1% to 8k)
+//   causal hdim 256   190 (4k) / 208 (16k) -> 199 / 208
+//   causal hdim 64    235 / 253 / 264 / 276 -> 230 / 243 / 264 / 274  (32 heads of 64: the
+//                     heavy-first wave spreads over every head's Q/dO/dQ and loses L2 reuse,
+//                     as the sm80 forward measured)
+//   non-causal (every CTA alike) hdim 128  282 / 291 / 295 / 297 -> 271 / 289 / 290 / 297,
+//                     hdim 64 264 / 271 / 274 / 275 -> 258 / 263 / 262 / 275.
 template <typename Cfg>
 BwdOrder default_bwd_order(const BwdParams& p) {
   const bool shrinking = p.window_right != kUnbounded && p.window_left == kUnbounded;
-  return shrinking && key_blocks<Cfg>(p) <= 65535 ? BwdOrder::kHeavyFirst
-                                                  : BwdOrder::kKeysFastest;
+  return Cfg::kHeadDim >= 128 && shrinking && key_blocks<Cfg>(p) <= 65535
+             ? BwdOrder::kHeavyFirst
+             : BwdOrder::kKeysFastest;
 }
 
 // The kernel a call needs (extras_mode) in CTA order kOrder.
