@@ -297,10 +297,11 @@ enum BwdExtras : int {
 //   heavy first:  grid (B, K, key blocks): one key block of every (batch, KV head), key
 //                 block 0 first: with a causal mask the first key blocks see the most
 //                 queries, so the last wave holds the lightest CTAs.
-// A template parameter, which doubles the instantiations (a bwd translation unit compiles
-// in ~25 s instead of ~14 s here): chosen at run time (a select, or multiply-adds from
-// constants), it cost the hdim-128 no-extras kernel 16-28 bytes of spills in its main loop
-// (ptxas, sm_90, 255 registers), where either order alone compiles with none.
+// A template parameter, which doubles a config's kernels (the hdim-128 bwd translation unit
+// compiles in 25 s instead of 14 s on 2 cores; bwd_launch.cuh compiles heavy first only
+// where it is a default): chosen at run time (a select, or multiply-adds from constants), it
+// cost the hdim-128 no-extras kernel 16-28 bytes of spills in its main loop (ptxas, sm_90,
+// 255 registers), where either order alone compiles with none.
 enum class BwdOrder : int { kKeysFastest = 0, kHeavyFirst = 1 };
 
 // The no-extras kernel's stand-in for Extras: full lengths, nothing else.

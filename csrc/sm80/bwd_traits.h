@@ -120,7 +120,10 @@ struct BwdTraits<64> {
 //   (twice the independent MMAs per k step) ran 1-4% slower; dropped.
 //   End to end (examples/benchmark.py --peers jax_flash_sm80,cudnn, one run), bwd TFLOP/s at
 //   2k / 4k / 8k / 16k: 271 / 281 / 291 / 298 non-causal (0.58 / 0.59 / 0.57 / 0.56 of cuDNN),
-//   217 / 251 / 272 / 297 causal (0.59 / 0.59 / 0.60 / 0.58).
+//   217 / 251 / 272 / 297 causal (0.59 / 0.59 / 0.60 / 0.58). With causal CTAs launched
+//   heavy first (bwd_launch.cuh default_bwd_order; another run): 268 / 280 / 293 / 299
+//   non-causal (0.57 / 0.58 / 0.56 / 0.56), 231 / 263 / 285 / 298 causal (0.62 / 0.57 /
+//   0.62 / 0.59; cuDNN's causal 4k 458 there against 425 before).
 // ptxas: Config 0 spills for sm_80, 4 bytes for sm_90; Sm90Config none.
 template <>
 struct BwdTraits<128> {

@@ -874,9 +874,8 @@ int main(int argc, char** argv) {
       fails += run_cases<fp16, ByDispatch<256>>("dispatch", true);
       fails += run_extra_cases<fp16, ByDispatch<128>>("dispatch", true);
       fails += run_cases<bf16, ByConfig<H64_M64>>("h64 Br64", true);
-      // Both CTA orders on every case (the default picks one by the window).
-      fails += run_cases<bf16, ByConfig<BwdTraits<64>::Sm90Config, 0>>("h64 keys fastest", false);
-      fails += run_cases<bf16, ByConfig<BwdTraits<64>::Sm90Config, 1>>("h64 heavy first", false);
+      // Both CTA orders on every case (the default picks one by the window; hdim 64 has
+      // only keys fastest).
       fails += run_cases<bf16, ByConfig<BwdTraits<128>::Sm90Config, 0>>("h128 keys fastest", false);
       fails += run_cases<bf16, ByConfig<BwdTraits<128>::Sm90Config, 1>>("h128 heavy first", false);
       fails += run_extra_cases<bf16, ByConfig<BwdTraits<128>::Sm90Config, 0>>("h128 keys fastest",
@@ -901,10 +900,8 @@ int main(int argc, char** argv) {
     time_config<BwdTraits<256>::Config>("h256 default 64x64", {1024, 4096, 16384});
   }
   if (mode == "all" || mode == "time" || mode == "timex") time_extras();
-  if (mode == "order") {  // both CTA orders of the Hopper defaults at the benchmark shapes
+  if (mode == "order") {  // both CTA orders at the benchmark shapes
     const std::vector<int> seqlens = {2048, 4096, 8192, 16384};
-    time_config<BwdTraits<64>::Sm90Config>("h64 keys fastest", seqlens, false, 0);
-    time_config<BwdTraits<64>::Sm90Config>("h64 heavy first", seqlens, false, 1);
     time_config<BwdTraits<128>::Sm90Config>("h128 keys fastest", seqlens, false, 0);
     time_config<BwdTraits<128>::Sm90Config>("h128 heavy first", seqlens, false, 1);
     time_config<BwdTraits<256>::Config>("h256 keys fastest", {4096, 16384}, false, 0);
