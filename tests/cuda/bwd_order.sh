@@ -9,7 +9,8 @@
 # call's limit less a margin, default 320), HEAD_DIMS / ARCHS / DTYPES of the package build
 # (default "64;128" / "80;90a" / bf16: test cases of other dtypes and head dims then fail),
 # PYTEST_K, TEST_S (pytest's cap, default 100 s: on the H200 7 of 8 tests ran over 35 s
-# under -n 8, so the default selection does not finish in it), BENCH_ARGS. Logs: $OUT/log.txt (everything), order.txt, check.txt, build.log,
+# under -n 8, so the default selection does not finish in it), BENCH_ARGS.
+# Logs: $OUT/log.txt (everything), order.txt, check.txt, build.log,
 # pytest.txt, bench/.
 set -o pipefail
 OUT=${OUT:-/tmp/bwd_order}
