@@ -22,7 +22,7 @@ import pytest
 import jax_flash
 from jax_flash import _cuda
 from reference import make_features, split_kwargs, visible_mask
-from test_gpu_kernels import _DTYPES, _assert_close, gpu_test, naive_dense
+from test_gpu_kernels import _DTYPES, _assert_close, gpu_test, naive_dense, require_built
 
 
 def _families():
@@ -64,6 +64,7 @@ def _run_case(feature, dtype_name, b, t, s, n, n_kv, h, arch, features=None):
   seed = zlib.crc32(repr((feature, dtype_name, b, t, s, n, n_kv, h, arch)).encode())
   rng = np.random.default_rng(seed)
   dtype = _DTYPES[dtype_name]
+  require_built(dtype, h)
   kw = features if features is not None else make_features(rng, feature, b, t, s, n)
   arrays, static = split_kwargs(kw)
   bias = arrays.pop("bias", None)
