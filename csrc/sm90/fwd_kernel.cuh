@@ -10,13 +10,14 @@
 //                 (fwd_mainloop.cuh load()) into the Q buffer and the K and V stage rings.
 //   warpgroups 1-2  consumers: raised to 240 registers; each owns 64 query rows of the tile:
 //                 S = Q K^T and O += P V on wgmma, online softmax in registers
-//                 (fwd_mainloop.cuh compute()), then O and lse straight to global memory
-//                 (fwd_epilogue.cuh).
+//                 (fwd_mainloop.cuh consume()), then O through a shared-memory staging tile
+//                 and a TMA store (hdim 64, 128) or straight from registers (hdim 256), lse
+//                 straight to global memory (fwd_epilogue.cuh).
 // Extras (params.h ExtraParams: lengths, segment ids, bias, mask, softcap) run in the kExtras
 // instantiation: key blocks from scheduler.cuh ExtraKeyBlocks (lengths shrink the range,
 // segment ranges skip blocks), the element path of softmax.cuh extras_tile() on blocks that need
-// it, and rows past q_seqlen zeroed here. Calls without extras run kExtras = false, whose code
-// is what it was before extras existed.
+// it, and rows past q_seqlen zeroed in the epilogue. Calls without extras run kExtras = false,
+// whose loop is what it was before extras existed.
 //
 // Evidence, reproducible without a GPU (from the repo root; CUTLASS = the nvidia-cutlass
 // wheel's cutlass_library/source/include):
@@ -62,7 +63,6 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   using Pipe = typename Mainloop::Pipe;
   constexpr int kBlockM = Traits::kBlockM;
   constexpr int kBlockN = Traits::kBlockN;
-  constexpr int kHeadDim = Traits::kHeadDim;
 
   extern __shared__ __align__(1024) char smem[];
   auto& st = *reinterpret_cast<typename Traits::SharedStorage*>(smem);
@@ -101,73 +101,53 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
       }
       Pipe k_write, v_write;
       int q_iter = 0;
-      for (int round = 0, linear; (linear = sched.linear(round)) < sched.num_tiles; ++round) {
-        const Tile tile = sched.tile(linear);
-        if constexpr (kExtras) {
-          ExtraKeyBlocks<kBlockM, kBlockN> blocks(p, tile.m_block, tile.batch, tile.head);
-          if (blocks.empty()) continue;
-          Mainloop::load(kp, st, tile, blocks, k_write, v_write, q_iter);
-        } else {
-          KeyBlocks blocks = key_blocks<kBlockM, kBlockN>(p, tile.m_block);
-          if (blocks.empty()) continue;
-          Mainloop::load(kp, st, tile, blocks, k_write, v_write, q_iter);
+      auto nothing = []() {};
+      if constexpr (!kExtras && Traits::kOverlap) {
+        // Q loads run one tile ahead: the consumers' boundary step (fwd_mainloop.cuh) needs
+        // the next tile's Q as soon as this tile's last S completes, so the loads of tile i
+        // issue the Q of the next non-empty tile after their first K/V pair.
+        auto busy_round = [&](int r, Tile& tile, KeyBlocks& blocks) {  // -1: none left
+          for (int linear; (linear = sched.linear(r)) < sched.num_tiles; ++r) {
+            tile = sched.tile(linear);
+            blocks = key_blocks<kBlockM, kBlockN>(p, tile.m_block);
+            if (!blocks.empty()) return r;
+          }
+          return -1;
+        };
+        Tile tile{}, next{};
+        KeyBlocks blocks{1, 0, 1, 0}, next_blocks{1, 0, 1, 0};
+        int round = busy_round(0, tile, blocks);
+        if (round >= 0) Mainloop::load_q(kp, st, tile, q_iter, true);
+        while (round >= 0) {
+          const int next_round = busy_round(round + 1, next, next_blocks);
+          Mainloop::load(kp, st, tile, blocks, k_write, v_write, q_iter, false, [&]() {
+            if (next_round >= 0) Mainloop::load_q(kp, st, next, q_iter + 1, true);
+          });
+          tile = next;
+          blocks = next_blocks;
+          round = next_round;
+          ++q_iter;
         }
-        ++q_iter;
+      } else {
+        for (int round = 0, linear; (linear = sched.linear(round)) < sched.num_tiles; ++round) {
+          const Tile tile = sched.tile(linear);
+          if constexpr (kExtras) {
+            ExtraKeyBlocks<kBlockM, kBlockN> blocks(p, tile.m_block, tile.batch, tile.head);
+            if (blocks.empty()) continue;
+            Mainloop::load(kp, st, tile, blocks, k_write, v_write, q_iter, true, nothing);
+          } else {
+            KeyBlocks blocks = key_blocks<kBlockM, kBlockN>(p, tile.m_block);
+            if (blocks.empty()) continue;
+            Mainloop::load(kp, st, tile, blocks, k_write, v_write, q_iter, true, nothing);
+          }
+          ++q_iter;
+        }
       }
     }
   } else {
     // ---- consumers ----
     cutlass::arch::warpgroup_reg_alloc<Traits::kConsumerRegs>();
-    const int ctid = threadIdx.x - 128;  // 0 .. 255
-    const PingPong<Traits::kPingPong> pingpong{warp_group - 1};
-    pingpong.start();
-    typename Traits::TiledMmaPV mma_pv;
-    auto thr_pv = mma_pv.get_thread_slice(ctid);
-    const float scale = fmaxf(fabsf(p.scale), FLT_MIN);
-    Pipe k_read, v_read;
-    int q_iter = 0;
-    for (int round = 0, linear; (linear = sched.linear(round)) < sched.num_tiles; ++round) {
-      const Tile tile = sched.tile(linear);
-      Tensor acc_o = partition_fragment_C(mma_pv, Shape<Int<kBlockM>, Int<kHeadDim>>{});
-      clear(acc_o);
-      Tensor o_rc = acc_rowcol(acc_o);
-      constexpr int kRows = decltype(size<0>(o_rc))::value;
-      OnlineSoftmax<kRows> softmax;
-      Tensor o_coord = thr_pv.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kHeadDim>>{}));
-      const int row0 = tile.m_block * kBlockM;
-      float lse[kRows];
-      if constexpr (kExtras) {
-        ExtraKeyBlocks<kBlockM, kBlockN> blocks(p, tile.m_block, tile.batch, tile.head);
-        if (!blocks.empty()) {
-          Mainloop::compute(kp, st, tile, blocks, k_read, v_read, q_iter, pingpong, ctid, acc_o,
-                            softmax);
-          ++q_iter;
-        }
-        // With bias or softcap the row offsets are natural-unit logits (scale 1).
-        softmax.finalize(o_rc, blocks.ext.transforms() ? 1.f : scale, lse);
-        // Rows past q_seqlen see nothing: O = 0, lse = -inf (the mainloop left them unmasked).
-        Tensor c_rc = acc_rowcol(o_coord);
-        CUTE_UNROLL
-        for (int i = 0; i < kRows; ++i) {
-          if (row0 + get<0>(c_rc(i, 0)) >= blocks.ext.valid_rows) {
-            lse[i] = -INFINITY;
-            CUTE_UNROLL
-            for (int j = 0; j < size<1>(o_rc); ++j) o_rc(i, j) = 0.f;
-          }
-        }
-      } else {
-        KeyBlocks blocks = key_blocks<kBlockM, kBlockN>(p, tile.m_block);
-        if (!blocks.empty()) {
-          Mainloop::compute(kp, st, tile, blocks, k_read, v_read, q_iter, pingpong, ctid, acc_o,
-                            softmax);
-          ++q_iter;
-        }
-        // Tiles whose rows see no key at all keep O = 0 and get lse = -inf here.
-        softmax.finalize(o_rc, scale, lse);
-      }
-      store_output<typename Traits::Element>(p, acc_o, o_coord, lse, row0, tile.batch,
-                                             tile.head);
-    }
+    Mainloop::template consume<kExtras>(kp, st, sched, warp_group - 1, threadIdx.x - 128);
   }
 #elif defined(__CUDA_ARCH__)
   __trap();  // built without sm_90a (wgmma, setmaxnreg): fail loudly rather than return garbage

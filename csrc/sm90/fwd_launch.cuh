@@ -109,6 +109,8 @@ cudaError_t launch_fwd(const FwdParams& p, cudaStream_t stream, int section, boo
                          make_stride(p.k_row_stride, _1{}, p.k_head_stride, p.k_batch_stride)),
       Traits::make_tma_vt(static_cast<const Element*>(p.v), make_shape(p.h, p.s, p.n_kv, p.b),
                           make_stride(_1{}, p.v_row_stride, p.v_head_stride, p.v_batch_stride)),
+      Traits::make_tma_o(static_cast<Element*>(p.o), make_shape(p.t, p.h, p.n, p.b),
+                         make_stride(p.o_row_stride, _1{}, p.o_head_stride, p.o_batch_stride)),
       p,
       int(num_m_blocks),
       section >= 0 ? int(std::min<int64_t>(section, int64_t(p.b) * p.n))

@@ -8,8 +8,9 @@
 // range without extras, where next(n) = n - 1; "prev" below is the block visited before n).
 //
 // Producer (one thread; its warp with extras): K[n_hi], Q (into the tile's Q buffer: two
-// alternate where shared memory allows), then K[n], V[prev] for each later visited n, then the
-// last V, each into the next free stage of its ring (K and V have separate rings and barriers).
+// alternate where shared memory allows; with kOverlap the next tile's Q after the first K/V
+// pair instead), then K[n], V[prev] for each later visited n, then the last V, each into the
+// next free stage of its ring (K and V have separate rings and barriers).
 // Tiles and rows past T, S or H read as zeros (TMA out-of-bounds fill).
 //
 // Consumer warpgroup (64 rows), key blocks walked from n_hi down, one step per visited block n:
@@ -19,8 +20,10 @@
 //   wait S; release K[n]; mask; softmax(S) -> P', rescale factors    (overlaps the P V product)
 //   wait O; release V[prev]; rescale O if the offsets moved; P = P'
 //
-// with a prologue (S for n_hi alone) and a tail (the last P V). The products of the two
-// warpgroups alternate on the tensor cores while the other one runs its softmax.
+// with a prologue (S for n_hi alone) and a tail (the last P V), then the epilogue
+// (fwd_epilogue.cuh). The products of the two warpgroups alternate on the tensor cores while
+// the other one runs its softmax. With Traits::kOverlap (a measured option, off by default) the
+// tail and the next tile's prologue run as one step ("boundary") before the epilogue.
 #pragma once
 
 #include <cfloat>
@@ -31,6 +34,7 @@
 #include "common/mask.h"
 #include "common/util.cuh"
 #include "params.h"
+#include "sm90/fwd_epilogue.cuh"
 #include "sm90/fwd_traits.h"
 #include "sm90/pipeline.cuh"
 #include "sm90/scheduler.cuh"
@@ -50,17 +54,11 @@ struct FwdMainloop {
   static constexpr int kRows = 2;  // query rows per thread in a 64-row wgmma accumulator
   using Pipe = PipeState<kStages>;
 
-  // ---- producer: issue one tile's loads ----
-  // Blocks: KeyBlocks (called by a single thread) or ExtraKeyBlocks (called by a whole warp,
-  // whose next() is warp-collective; lane 0 issues); the loads follow blocks.next().
-  template <class Blocks>
-  static __device__ __forceinline__ void load(const Params& kp, Storage& st, const Tile& tile,
-                                              Blocks& blocks, Pipe& k_write,
-                                              Pipe& v_write, int q_iter) {
+  // ---- producer: Q of one tile into its buffer (leader: the thread that issues) ----
+  static __device__ __forceinline__ void load_q(const Params& kp, Storage& st, const Tile& tile,
+                                                int q_iter, bool leader) {
     using namespace cute;
     const FwdParams& p = kp.fwd;
-    const int kv_head = tile.head / p.group;
-
     Tensor mQ = kp.tma_q.get_tma_tensor(make_shape(p.t, p.h, p.n, p.b));
     Tensor gQ = local_tile(mQ(_, _, tile.head, tile.batch),
                            Shape<Int<kBlockM>, Int<kHeadDim>>{}, make_coord(tile.m_block, 0));
@@ -68,6 +66,28 @@ struct FwdMainloop {
     // (TMA) views: one TMA "tile" may be several boxes (one per 64-column chunk).
     auto q_part = tma_partition(kp.tma_q, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sQ),
                                 group_modes<0, 2>(gQ));
+    // The consumers of the tile that last used this Q buffer are done with it once their last
+    // S product completed.
+    const int q_stage = q_iter % Traits::kQStages;
+    Barrier::wait(&st.q_empty[q_stage], ((q_iter / Traits::kQStages) & 1) ^ 1);
+    if (leader) {
+      TxBarrier::arrive_and_expect_tx(&st.q_full[q_stage], Traits::kQBytes);
+      copy(kp.tma_q.with(st.q_full[q_stage]), get<0>(q_part), get<1>(q_part)(_, q_stage));
+    }
+  }
+
+  // ---- producer: issue one tile's K and V loads (and its Q where own_q) ----
+  // Blocks: KeyBlocks (called by a single thread) or ExtraKeyBlocks (called by a whole warp,
+  // whose next() is warp-collective; lane 0 issues); the loads follow blocks.next().
+  // q_ahead() runs after the first K/V pair (or at the end of a one-block tile): the place for
+  // the next tile's Q where Q loads run one tile ahead (kOverlap).
+  template <class Blocks, class QAhead>
+  static __device__ __forceinline__ void load(const Params& kp, Storage& st, const Tile& tile,
+                                              Blocks& blocks, Pipe& k_write, Pipe& v_write,
+                                              int q_iter, bool own_q, QAhead&& q_ahead) {
+    using namespace cute;
+    const FwdParams& p = kp.fwd;
+    const int kv_head = tile.head / p.group;
 
     Tensor mK = kp.tma_k.get_tma_tensor(make_shape(p.s, p.h, p.n_kv, p.b));
     Tensor gK = local_tile(mK(_, _, kv_head, tile.batch), Shape<Int<kBlockN>, Int<kHeadDim>>{},
@@ -106,100 +126,106 @@ struct FwdMainloop {
     };
 
     load_k(blocks.n_hi);
-    // The consumers of the tile that last used this Q buffer are done with it once their last
-    // S product completed.
-    const int q_stage = q_iter % Traits::kQStages;
-    Barrier::wait(&st.q_empty[q_stage], ((q_iter / Traits::kQStages) & 1) ^ 1);
-    if (leader) {
-      TxBarrier::arrive_and_expect_tx(&st.q_full[q_stage], Traits::kQBytes);
-      copy(kp.tma_q.with(st.q_full[q_stage]), get<0>(q_part), get<1>(q_part)(_, q_stage));
-    }
+    if (own_q) load_q(kp, st, tile, q_iter, leader);
+    bool ahead_done = false;
     int prev = blocks.n_hi;
     for (int n = blocks.next(prev); n >= blocks.n_lo; n = blocks.next(n)) {
       load_k(n);
       load_v(prev);
       prev = n;
+      if (!ahead_done) {
+        q_ahead();
+        ahead_done = true;
+      }
     }
     load_v(prev);
+    if (!ahead_done) q_ahead();
   }
 
-  // ---- consumers: one tile's products and softmax (called by all 256 consumer threads) ----
-  // acc_o (zeroed by the caller) receives the unnormalized O; softmax the row statistics.
-  template <class Blocks, class AccO, class Softmax>
-  static __device__ __forceinline__ void compute(const Params& kp, Storage& st, const Tile& tile,
-                                                 Blocks& blocks, Pipe& k_read,
-                                                 Pipe& v_read, int q_iter,
-                                                 const PingPong<Traits::kPingPong>& pingpong,
-                                                 int ctid, AccO& acc_o, Softmax& softmax) {
+  // ---- consumers: every tile of this CTA (called by all 256 consumer threads) ----
+  // wg: this consumer warpgroup (0 or 1); ctid: the thread's index among the consumers.
+  template <bool kExtras>
+  static __device__ __forceinline__ void consume(const Params& kp, Storage& st,
+                                                 const TileScheduler& sched, int wg, int ctid) {
     using namespace cute;
+    using Blocks = std::conditional_t<kExtras, ExtraKeyBlocks<kBlockM, kBlockN>, KeyBlocks>;
+    using Softmax = OnlineSoftmax<kRows>;
     const FwdParams& p = kp.fwd;
     typename Traits::TiledMmaQK mma_qk;
     typename Traits::TiledMmaPV mma_pv;
     auto thr_qk = mma_qk.get_thread_slice(ctid);
     auto thr_pv = mma_pv.get_thread_slice(ctid);
+    const PingPong<Traits::kPingPong> pingpong{wg};
+    pingpong.start();
 
     Tensor sQ = make_tensor(make_smem_ptr(st.q.data()), typename Traits::SmemLayoutQ{});
     Tensor sK = make_tensor(make_smem_ptr(st.k.data()), typename Traits::SmemLayoutK{});
     Tensor sVt = make_tensor(make_smem_ptr(st.v.data()), typename Traits::SmemLayoutVt{});
-    const int q_stage = q_iter % Traits::kQStages;
-    Tensor tSrQ = thr_qk.partition_fragment_A(sQ(_, _, q_stage));  // descriptors (MMA, MMA_M, MMA_K)
-    Tensor tSrK = thr_qk.partition_fragment_B(sK);    // (MMA, MMA_N, MMA_K, stages)
+    Tensor tSrK = thr_qk.partition_fragment_B(sK);    // descriptors (MMA, MMA_N, MMA_K, stages)
     Tensor tOrV = thr_pv.partition_fragment_B(sVt);   // (MMA, MMA_H, MMA_N, stages)
 
     Tensor acc_s = partition_fragment_C(mma_qk, Shape<Int<kBlockM>, Int<kBlockN>>{});
     Tensor s_rc = acc_rowcol(acc_s);
     Tensor p16 = make_tensor<Element>(acc_s.layout());
     Tensor p_a = make_tensor(p16.data(), acc_as_a_operand_layout(p16.layout()));
+    Tensor acc_o = partition_fragment_C(mma_pv, Shape<Int<kBlockM>, Int<kHeadDim>>{});
     Tensor o_rc = acc_rowcol(acc_o);
-    // Tile-local (row, col) of every score register, for the element mask.
+    // Tile-local (row, col) of every score and output register.
     Tensor s_coord = acc_rowcol(thr_qk.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kBlockN>>{})));
+    Tensor o_coord = thr_pv.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kHeadDim>>{}));
     static_assert(decltype(size<0>(s_rc))::value == kRows, "rows per thread");
 
-    const int row0 = tile.m_block * kBlockM;
     const Window window{p.window_left, p.window_right};
     // |scale| with a floor that keeps 0 * inf out of masked scores; a negative scale negates S.
-    float scale_log2 = fmaxf(fabsf(p.scale_log2), FLT_MIN);
+    const float abs_scale = fmaxf(fabsf(p.scale), FLT_MIN);
+    const float abs_scale_log2 = fmaxf(fabsf(p.scale_log2), FLT_MIN);
     const bool negate = p.scale < 0.f;
-    constexpr bool kExtras = !std::is_same_v<Blocks, KeyBlocks>;
-    if constexpr (kExtras) {
-      // Logits in natural units (extras_tile): base-2 softmax with scale 1.
-      if (blocks.ext.transforms()) scale_log2 = float(M_LOG2E);
-    }
+    // With bias or softcap (extras) the logits are natural units: base-2 softmax with scale 1.
+    auto natural = [](const Blocks& blocks) {
+      if constexpr (kExtras) {
+        return blocks.ext.transforms();
+      } else {
+        return false;
+      }
+    };
 
-    // Masked scores -> probabilities in s_rc; true when O must be rescaled by `factor`.
-    // masked: std::true_type for the element mask (mask_tile, or extras_tile in the extras
-    // kernel), std::false_type for none.
-    auto softmax_step = [&](int n, auto masked, float (&factor)[kRows]) __attribute__((always_inline)) {
+    // Masked scores of block n -> probabilities in s_rc; true when O must be rescaled by
+    // `factor`. masked: std::true_type for the element mask (mask_tile, or extras_tile in the
+    // extras kernel), std::false_type for none.
+    auto softmax_step = [&](Softmax& softmax, const Blocks& blocks, int row0, int n, auto masked,
+                            float (&factor)[kRows]) __attribute__((always_inline)) {
       if (negate) {
         CUTE_UNROLL
         for (int i = 0; i < size(acc_s); ++i) acc_s(i) = -acc_s(i);
       }
       if constexpr (decltype(masked)::value) {
         if constexpr (kExtras) {
-          extras_tile(s_rc, s_coord, row0, n * kBlockN, window, blocks.ext,
-                      fmaxf(fabsf(p.scale), FLT_MIN));
+          extras_tile(s_rc, s_coord, row0, n * kBlockN, window, blocks.ext, abs_scale);
         } else {
           mask_tile(s_rc, s_coord, row0, n * kBlockN, window, p.s);
         }
       }
-      return softmax.update(s_rc, scale_log2, factor);
+      return softmax.update(s_rc, natural(blocks) ? float(M_LOG2E) : abs_scale_log2, factor);
     };
 
-    Barrier::wait(&st.q_full[q_stage], (q_iter / Traits::kQStages) & 1);
-    // Prologue: S for the first block alone (O is still zero: no rescale needed).
-    {
+    Pipe k_read, v_read;
+
+    // The first visited block of a tile alone: S, softmax, P (O is still zero: no rescale).
+    auto prologue = [&](auto& tSrQ, Softmax& softmax, const Blocks& blocks, int row0)
+        __attribute__((always_inline)) {
       wait_full(st.k_full, k_read);
       wgmma_issue<true>(mma_qk, tSrQ, tSrK(_, _, _, k_read.index), acc_s);
       wgmma_wait<0>(acc_s);
       release(st.k_empty, k_read);
       float factor[kRows];
-      softmax_step(blocks.n_hi, std::true_type{}, factor);
+      softmax_step(softmax, blocks, row0, blocks.n_hi, std::true_type{}, factor);
       convert_fragment(acc_s, p16);
-    }
+    };
 
-    // after_issue runs while this warpgroup's products are in flight (the extras kernel finds
-    // its next block there).
-    auto step = [&](int n, auto masked, auto after_issue) __attribute__((always_inline)) {
+    // One step: S for block n with the previous block's O += P V. after_issue runs while this
+    // warpgroup's products are in flight (the extras kernel finds its next block there).
+    auto step = [&](auto& tSrQ, Softmax& softmax, const Blocks& blocks, int row0, int n,
+                    auto masked, auto after_issue) __attribute__((always_inline)) {
       wait_full(st.k_full, k_read);
       wait_full(st.v_full, v_read);
       pingpong.wait_turn();
@@ -210,7 +236,7 @@ struct FwdMainloop {
       wgmma_wait<1>(acc_s);
       release(st.k_empty, k_read);
       float factor[kRows];
-      const bool rescale = softmax_step(n, masked, factor);
+      const bool rescale = softmax_step(softmax, blocks, row0, n, masked, factor);
       wgmma_wait<0>(acc_o, p_a);
       release(st.v_empty, v_read);
       if (rescale) {
@@ -223,42 +249,150 @@ struct FwdMainloop {
       convert_fragment(acc_s, p16);
     };
 
-    // Separate instantiations for masked and unmasked blocks: the element mask costs a
-    // compare and select per score, and most blocks of long rows need none.
-    if constexpr (kExtras) {
-      // Each block decides at run time whether it takes the element path; the next visited
-      // block and its decision are found while the products are in flight.
-      int n = blocks.next(blocks.n_hi);
-      bool element = n >= blocks.n_lo && blocks.element(n);
-      while (n >= blocks.n_lo) {
-        int following = n;
-        bool following_element = false;
-        auto find_next = [&]() {
-          following = blocks.next(n);
-          following_element = following >= blocks.n_lo && blocks.element(following);
-        };
-        if (element) {
-          step(n, std::true_type{}, find_next);
-        } else {
-          step(n, std::false_type{}, find_next);
-        }
-        n = following;
-        element = following_element;
-      }
-    } else {
-      auto nothing = []() {};
-      int n = blocks.n_hi - 1;
-      for (; n >= blocks.n_lo && n > blocks.unmasked_hi; --n) step(n, std::true_type{}, nothing);
-      for (; n >= blocks.n_lo && n >= blocks.unmasked_lo; --n) step(n, std::false_type{}, nothing);
-      for (; n >= blocks.n_lo; --n) step(n, std::true_type{}, nothing);
-    }
+    // The last O += P V of a tile, alone.
+    auto tail = [&]() __attribute__((always_inline)) {
+      wait_full(st.v_full, v_read);
+      wgmma_issue<false>(mma_pv, p_a, tOrV(_, _, _, v_read.index), acc_o);
+      wgmma_wait<0>(acc_o, p_a);
+      release(st.v_empty, v_read);
+    };
 
-    // Every S product of this warp has completed: Q may be overwritten.
-    if (threadIdx.x % 32 == 0) Barrier::arrive(&st.q_empty[q_stage]);
-    wait_full(st.v_full, v_read);
-    wgmma_issue<false>(mma_pv, p_a, tOrV(_, _, _, v_read.index), acc_o);
-    wgmma_wait<0>(acc_o, p_a);
-    release(st.v_empty, v_read);
+    // The last O += P V of a tile with the next tile's first S (tSrQ_next, next_softmax fresh),
+    // as one step; the softmax of that S runs while the P V product does.
+    auto boundary = [&](auto& tSrQ_next, Softmax& next_softmax, const Blocks& next_blocks,
+                        int next_row0) __attribute__((always_inline)) {
+      wait_full(st.k_full, k_read);
+      wait_full(st.v_full, v_read);
+      pingpong.wait_turn();
+      wgmma_issue<true>(mma_qk, tSrQ_next, tSrK(_, _, _, k_read.index), acc_s);
+      wgmma_issue<false>(mma_pv, p_a, tOrV(_, _, _, v_read.index), acc_o);
+      pingpong.pass_turn();
+      wgmma_wait<1>(acc_s);
+      release(st.k_empty, k_read);
+      float factor[kRows];
+      softmax_step(next_softmax, next_blocks, next_row0, next_blocks.n_hi, std::true_type{},
+                   factor);
+      wgmma_wait<0>(acc_o, p_a);
+      release(st.v_empty, v_read);
+      convert_fragment(acc_s, p16);
+    };
+
+    // Normalize O, write O and lse. Rows that saw no key get O = 0 and lse = -inf; with extras,
+    // so do rows past q_seqlen (the mainloop left them unmasked).
+    auto epilogue = [&](const Tile& tile, Softmax& softmax, const Blocks& blocks)
+        __attribute__((always_inline)) {
+      const int row0 = tile.m_block * kBlockM;
+      float lse[kRows];
+      softmax.finalize(o_rc, natural(blocks) ? 1.f : abs_scale, lse);
+      if constexpr (kExtras) {
+        Tensor c_rc = acc_rowcol(o_coord);
+        CUTE_UNROLL
+        for (int i = 0; i < kRows; ++i) {
+          if (row0 + get<0>(c_rc(i, 0)) >= blocks.ext.valid_rows) {
+            lse[i] = -INFINITY;
+            CUTE_UNROLL
+            for (int j = 0; j < size<1>(o_rc); ++j) o_rc(i, j) = 0.f;
+          }
+        }
+      }
+      if constexpr (Traits::kStoreO) {
+        store_output_staged<Traits>(kp, st, acc_o, wg, ctid % 128, tile.m_block, tile.batch,
+                                    tile.head);
+      } else {
+        store_output_direct<Element>(p, acc_o, o_coord, row0, tile.batch, tile.head);
+      }
+      store_lse(p, o_coord, lse, row0, tile.batch, tile.head);
+    };
+
+    auto make_blocks = [&](const Tile& tile) {
+      if constexpr (kExtras) {
+        return Blocks(p, tile.m_block, tile.batch, tile.head);
+      } else {
+        return key_blocks<kBlockM, kBlockN>(p, tile.m_block);
+      }
+    };
+
+    int q_iter = 0;       // non-empty tiles begun: the Q buffer and its phase
+    bool primed = false;  // this tile's first block ran in the previous tile's boundary step
+    Softmax softmax;
+    for (int round = 0, linear; (linear = sched.linear(round)) < sched.num_tiles; ++round) {
+      const Tile tile = sched.tile(linear);
+      const int row0 = tile.m_block * kBlockM;
+      Blocks blocks = make_blocks(tile);
+      if (!primed) {
+        clear(acc_o);
+        softmax = Softmax{};
+      }
+      bool next_primed = false;
+      if (!blocks.empty()) {
+        const int q_stage = q_iter % Traits::kQStages;
+        auto tSrQ = thr_qk.partition_fragment_A(sQ(_, _, q_stage));  // descriptors
+        if (!primed) {
+          Barrier::wait(&st.q_full[q_stage], (q_iter / Traits::kQStages) & 1);
+          prologue(tSrQ, softmax, blocks, row0);
+        }
+        // Separate instantiations for masked and unmasked blocks: the element mask costs a
+        // compare and select per score, and most blocks of long rows need none.
+        if constexpr (kExtras) {
+          // Each block decides at run time whether it takes the element path; the next
+          // visited block and its decision are found while the products are in flight.
+          int n = blocks.next(blocks.n_hi);
+          bool element = n >= blocks.n_lo && blocks.element(n);
+          while (n >= blocks.n_lo) {
+            int following = n;
+            bool following_element = false;
+            auto find_next = [&]() {
+              following = blocks.next(n);
+              following_element = following >= blocks.n_lo && blocks.element(following);
+            };
+            if (element) {
+              step(tSrQ, softmax, blocks, row0, n, std::true_type{}, find_next);
+            } else {
+              step(tSrQ, softmax, blocks, row0, n, std::false_type{}, find_next);
+            }
+            n = following;
+            element = following_element;
+          }
+        } else {
+          auto nothing = []() {};
+          int n = blocks.n_hi - 1;
+          for (; n >= blocks.n_lo && n > blocks.unmasked_hi; --n) {
+            step(tSrQ, softmax, blocks, row0, n, std::true_type{}, nothing);
+          }
+          for (; n >= blocks.n_lo && n >= blocks.unmasked_lo; --n) {
+            step(tSrQ, softmax, blocks, row0, n, std::false_type{}, nothing);
+          }
+          for (; n >= blocks.n_lo; --n) {
+            step(tSrQ, softmax, blocks, row0, n, std::true_type{}, nothing);
+          }
+        }
+        // Every S product of this warp has completed: Q may be overwritten.
+        if (threadIdx.x % 32 == 0) Barrier::arrive(&st.q_empty[q_stage]);
+        ++q_iter;
+        if constexpr (Traits::kOverlap && !kExtras) {
+          const int next_linear = sched.linear(round + 1);
+          if (next_linear < sched.num_tiles) {
+            const Tile next = sched.tile(next_linear);
+            const Blocks next_blocks = make_blocks(next);
+            if (!next_blocks.empty()) {
+              const int next_stage = q_iter % Traits::kQStages;
+              auto tSrQ_next = thr_qk.partition_fragment_A(sQ(_, _, next_stage));
+              Barrier::wait(&st.q_full[next_stage], (q_iter / Traits::kQStages) & 1);
+              Softmax next_softmax;
+              boundary(tSrQ_next, next_softmax, next_blocks, next.m_block * kBlockM);
+              epilogue(tile, softmax, blocks);
+              clear(acc_o);
+              softmax = next_softmax;
+              next_primed = true;
+            }
+          }
+        }
+        if (!next_primed) tail();
+      }
+      if (!next_primed) epilogue(tile, softmax, blocks);
+      primed = next_primed;
+    }
+    if constexpr (Traits::kStoreO) store_output_drain(ctid % 128);
   }
 };
 

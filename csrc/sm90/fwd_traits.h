@@ -43,8 +43,9 @@ constexpr auto qk_mma_atom() {
 }
 
 // kQStages_: Q buffers, 0 = two where shared memory allows (see kQStages).
+// kStoreO_: -1 = the default of kStoreO below, 0 off, 1 on; kOverlap_: 1 on (measurements).
 template <typename Element_, int kHeadDim_, int kBlockN_, int kStages_, bool kPingPong_,
-          int kQStages_ = 0>
+          int kQStages_ = 0, int kStoreO_ = -1, int kOverlap_ = 0>
 struct FwdTraits {
   using Element = Element_;
   static constexpr int kHeadDim = kHeadDim_;
@@ -62,6 +63,29 @@ struct FwdTraits {
       kQStages_ > 0 ? kQStages_
       : (2 * 64 * kConsumerWarpGroups + 2 * kStages * kBlockN) * kHeadDim * 2 <= 226 * 1024 ? 2 : 1;
   static constexpr int kBlockM = 64 * kConsumerWarpGroups;
+  // O leaves through a shared-memory staging tile and one TMA store per warpgroup, where that
+  // tile fits next to the pipeline (hdim 64, 128; not 256): a 4-byte global store per register
+  // pair touches 8 rows' lines per instruction and held the consumers in the epilogue.
+  // H200, bf16 hdim 128, same run, TFLOP/s at 512/1k/2k/4k/8k/16k, staged | direct:
+  //   non-causal 448/518/587/641/659/637 | 358/474/543/620/638/648
+  //   causal     322/422/521/598/554/599 | 264/372/472/568/543/602
+  //   window 1024 at 16k 452 | 409 (0.68 | 0.63 of dense); hdim 64 non-causal 512/1k/2k
+  //   324/388/418 | 250/297/363.
+  static constexpr bool kStoreO =
+      kStoreO_ >= 0 ? kStoreO_ == 1
+      : ((kQStages + 1) * 64 * kConsumerWarpGroups + 2 * kStages * kBlockN) * kHeadDim * 2 <=
+            226 * 1024;
+  // Tile overlap (without extras; off by default): the next tile's first S = Q K^T is issued
+  // with this tile's last O += P V, its softmax runs while that product does, the epilogue
+  // follows, and Q loads run one tile ahead (so kQStages == 2). H200, bf16 hdim 128, same run,
+  // TFLOP/s at seqlen 512/1k/2k/4k/8k/16k, with the staged O store, overlap | none:
+  //   non-causal 477/565/605/617/613/608 | 448/518/587/641/659/637
+  //   causal     303/431/547/559/559/620 | 322/422/521/598/554/599
+  //   window 1024 at 16k 432 | 452 (maskbench); hdim 64 non-causal 4k-16k 444/453/454 |
+  //   419/431/449. It wins on short rows and loses 3-6% on long ones for reasons not found
+  //   yet (the steady-state loop's SASS is the same within ~1%).
+  static constexpr bool kOverlap = kOverlap_ == 1;
+  static_assert(!kOverlap || kQStages == 2, "the tile overlap loads Q one tile ahead");
   static constexpr int kConsumerThreads = 128 * kConsumerWarpGroups;
   static constexpr int kConsumerWarps = kConsumerThreads / 32;
   static constexpr int kNThreads = 128 + kConsumerThreads;  // warpgroup 0 produces (TMA)
@@ -98,11 +122,21 @@ struct FwdTraits {
       cute::GMMA::Layout_MN_SW128_Atom<Element>{},
       cute::Shape<cute::Int<kHeadDim>, cute::Int<kBlockN>, cute::Int<kStages>>{},
       cute::Step<cute::_2, cute::_1, cute::_3>{}));
+  // O staging: one 64-row tile per consumer warpgroup (its own TMA store), same swizzle as Q.
+  using SmemLayoutO = decltype(cute::tile_to_shape(
+      cute::GMMA::Layout_K_SW128_Atom<Element>{},
+      cute::Shape<cute::_64, cute::Int<kHeadDim>, cute::Int<kConsumerWarpGroups>>{}));
+  // One warpgroup's PV product, for the register -> shared copy of its O rows.
+  using TiledMmaPVOne = decltype(cute::make_tiled_mma(
+      cute::GMMA::rs_op_selector<Element, Element, float,
+                                 cute::Shape<cute::_64, cute::Int<kHeadDim>, cute::Int<kBlockN>>,
+                                 cute::GMMA::Major::K, cute::GMMA::Major::MN>()));
 
   struct SharedStorage {
     cute::array_aligned<Element, cute::cosize_v<SmemLayoutQ>, 1024> q;
     cute::array_aligned<Element, cute::cosize_v<SmemLayoutK>, 1024> k;
     cute::array_aligned<Element, cute::cosize_v<SmemLayoutVt>, 1024> v;
+    cute::array_aligned<Element, kStoreO ? cute::cosize_v<SmemLayoutO> : 8, 1024> o;
     uint64_t q_full[kQStages];  // mbarriers: TMA landed (transaction count) / consumers done
     uint64_t q_empty[kQStages];
     uint64_t k_full[kStages];
@@ -140,7 +174,14 @@ struct FwdTraits {
                                cute::take<0, 2>(SmemLayoutVt{}),
                                cute::Shape<cute::Int<kHeadDim>, cute::Int<kBlockN>>{}, cute::_1{});
   }
+  static auto make_tma_o(Element* ptr, GmemShape shape, GmemStride stride) {
+    return cute::make_tma_copy(cute::SM90_TMA_STORE{},
+                               cute::make_tensor(cute::make_gmem_ptr(ptr), shape, stride),
+                               cute::take<0, 2>(SmemLayoutO{}),
+                               cute::Shape<cute::_64, cute::Int<kHeadDim>>{}, cute::_1{});
+  }
   using TmaQ = decltype(make_tma_q(nullptr, GmemShape{}, GmemStride{}));
+  using TmaO = decltype(make_tma_o(nullptr, GmemShape{}, GmemStride{}));
   using TmaK = decltype(make_tma_k(nullptr, GmemShape{}, GmemStride{}));
   using TmaVt = decltype(make_tma_vt(nullptr, GmemShape{}, GmemStrideVt{}));
 };
@@ -152,6 +193,7 @@ struct KernelParams {
   typename Traits::TmaQ tma_q;
   typename Traits::TmaK tma_k;
   typename Traits::TmaVt tma_vt;
+  typename Traits::TmaO tma_o;  // built only when Traits::kStoreO
   FwdParams fwd;
   int num_m_blocks;
   int section;  // tile order, see scheduler.cuh
