@@ -101,47 +101,18 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
       }
       Pipe k_write, v_write;
       int q_iter = 0;
-      auto nothing = []() {};
-      if constexpr (!kExtras && Traits::kOverlap) {
-        // Q loads run one tile ahead: the consumers' boundary step (fwd_mainloop.cuh) needs
-        // the next tile's Q as soon as this tile's last S completes, so the loads of tile i
-        // issue the Q of the next non-empty tile after their first K/V pair.
-        auto busy_round = [&](int r, Tile& tile, KeyBlocks& blocks) {  // -1: none left
-          for (int linear; (linear = sched.linear(r)) < sched.num_tiles; ++r) {
-            tile = sched.tile(linear);
-            blocks = key_blocks<kBlockM, kBlockN>(p, tile.m_block);
-            if (!blocks.empty()) return r;
-          }
-          return -1;
-        };
-        Tile tile{}, next{};
-        KeyBlocks blocks{1, 0, 1, 0}, next_blocks{1, 0, 1, 0};
-        int round = busy_round(0, tile, blocks);
-        if (round >= 0) Mainloop::load_q(kp, st, tile, q_iter, true);
-        while (round >= 0) {
-          const int next_round = busy_round(round + 1, next, next_blocks);
-          Mainloop::load(kp, st, tile, blocks, k_write, v_write, q_iter, false, [&]() {
-            if (next_round >= 0) Mainloop::load_q(kp, st, next, q_iter + 1, true);
-          });
-          tile = next;
-          blocks = next_blocks;
-          round = next_round;
-          ++q_iter;
+      for (int round = 0, linear; (linear = sched.linear(round)) < sched.num_tiles; ++round) {
+        const Tile tile = sched.tile(linear);
+        if constexpr (kExtras) {
+          ExtraKeyBlocks<kBlockM, kBlockN> blocks(p, tile.m_block, tile.batch, tile.head);
+          if (blocks.empty()) continue;
+          Mainloop::load(kp, st, tile, blocks, k_write, v_write, q_iter);
+        } else {
+          KeyBlocks blocks = key_blocks<kBlockM, kBlockN>(p, tile.m_block);
+          if (blocks.empty()) continue;
+          Mainloop::load(kp, st, tile, blocks, k_write, v_write, q_iter);
         }
-      } else {
-        for (int round = 0, linear; (linear = sched.linear(round)) < sched.num_tiles; ++round) {
-          const Tile tile = sched.tile(linear);
-          if constexpr (kExtras) {
-            ExtraKeyBlocks<kBlockM, kBlockN> blocks(p, tile.m_block, tile.batch, tile.head);
-            if (blocks.empty()) continue;
-            Mainloop::load(kp, st, tile, blocks, k_write, v_write, q_iter, true, nothing);
-          } else {
-            KeyBlocks blocks = key_blocks<kBlockM, kBlockN>(p, tile.m_block);
-            if (blocks.empty()) continue;
-            Mainloop::load(kp, st, tile, blocks, k_write, v_write, q_iter, true, nothing);
-          }
-          ++q_iter;
-        }
+        ++q_iter;
       }
     }
   } else {

@@ -8,9 +8,8 @@
 // range without extras, where next(n) = n - 1; "prev" below is the block visited before n).
 //
 // Producer (one thread; its warp with extras): K[n_hi], Q (into the tile's Q buffer: two
-// alternate where shared memory allows; with kOverlap the next tile's Q after the first K/V
-// pair instead), then K[n], V[prev] for each later visited n, then the last V, each into the
-// next free stage of its ring (K and V have separate rings and barriers).
+// alternate where shared memory allows), then K[n], V[prev] for each later visited n, then the
+// last V, each into the next free stage of its ring (K and V have separate rings and barriers).
 // Tiles and rows past T, S or H read as zeros (TMA out-of-bounds fill).
 //
 // Consumer warpgroup (64 rows), key blocks walked from n_hi down, one step per visited block n:
@@ -22,8 +21,7 @@
 //
 // with a prologue (S for n_hi alone) and a tail (the last P V), then the epilogue
 // (fwd_epilogue.cuh). The products of the two warpgroups alternate on the tensor cores while
-// the other one runs its softmax. With Traits::kOverlap (a measured option, off by default) the
-// tail and the next tile's prologue run as one step ("boundary") before the epilogue.
+// the other one runs its softmax.
 #pragma once
 
 #include <cfloat>
@@ -76,15 +74,13 @@ struct FwdMainloop {
     }
   }
 
-  // ---- producer: issue one tile's K and V loads (and its Q where own_q) ----
+  // ---- producer: issue one tile's loads ----
   // Blocks: KeyBlocks (called by a single thread) or ExtraKeyBlocks (called by a whole warp,
   // whose next() is warp-collective; lane 0 issues); the loads follow blocks.next().
-  // q_ahead() runs after the first K/V pair (or at the end of a one-block tile): the place for
-  // the next tile's Q where Q loads run one tile ahead (kOverlap).
-  template <class Blocks, class QAhead>
+  template <class Blocks>
   static __device__ __forceinline__ void load(const Params& kp, Storage& st, const Tile& tile,
                                               Blocks& blocks, Pipe& k_write, Pipe& v_write,
-                                              int q_iter, bool own_q, QAhead&& q_ahead) {
+                                              int q_iter) {
     using namespace cute;
     const FwdParams& p = kp.fwd;
     const int kv_head = tile.head / p.group;
@@ -126,20 +122,14 @@ struct FwdMainloop {
     };
 
     load_k(blocks.n_hi);
-    if (own_q) load_q(kp, st, tile, q_iter, leader);
-    bool ahead_done = false;
+    load_q(kp, st, tile, q_iter, leader);
     int prev = blocks.n_hi;
     for (int n = blocks.next(prev); n >= blocks.n_lo; n = blocks.next(n)) {
       load_k(n);
       load_v(prev);
       prev = n;
-      if (!ahead_done) {
-        q_ahead();
-        ahead_done = true;
-      }
     }
     load_v(prev);
-    if (!ahead_done) q_ahead();
   }
 
   // ---- consumers: every tile of this CTA (called by all 256 consumer threads) ----
@@ -171,7 +161,8 @@ struct FwdMainloop {
     Tensor acc_o = partition_fragment_C(mma_pv, Shape<Int<kBlockM>, Int<kHeadDim>>{});
     Tensor o_rc = acc_rowcol(acc_o);
     // Tile-local (row, col) of every score and output register.
-    Tensor s_coord = acc_rowcol(thr_qk.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kBlockN>>{})));
+    Tensor s_coord = acc_rowcol(
+        thr_qk.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kBlockN>>{})));
     Tensor o_coord = thr_pv.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kHeadDim>>{}));
     static_assert(decltype(size<0>(s_rc))::value == kRows, "rows per thread");
 
@@ -257,26 +248,6 @@ struct FwdMainloop {
       release(st.v_empty, v_read);
     };
 
-    // The last O += P V of a tile with the next tile's first S (tSrQ_next, next_softmax fresh),
-    // as one step; the softmax of that S runs while the P V product does.
-    auto boundary = [&](auto& tSrQ_next, Softmax& next_softmax, const Blocks& next_blocks,
-                        int next_row0) __attribute__((always_inline)) {
-      wait_full(st.k_full, k_read);
-      wait_full(st.v_full, v_read);
-      pingpong.wait_turn();
-      wgmma_issue<true>(mma_qk, tSrQ_next, tSrK(_, _, _, k_read.index), acc_s);
-      wgmma_issue<false>(mma_pv, p_a, tOrV(_, _, _, v_read.index), acc_o);
-      pingpong.pass_turn();
-      wgmma_wait<1>(acc_s);
-      release(st.k_empty, k_read);
-      float factor[kRows];
-      softmax_step(next_softmax, next_blocks, next_row0, next_blocks.n_hi, std::true_type{},
-                   factor);
-      wgmma_wait<0>(acc_o, p_a);
-      release(st.v_empty, v_read);
-      convert_fragment(acc_s, p16);
-    };
-
     // Normalize O, write O and lse. Rows that saw no key get O = 0 and lse = -inf; with extras,
     // so do rows past q_seqlen (the mainloop left them unmasked).
     auto epilogue = [&](const Tile& tile, Softmax& softmax, const Blocks& blocks)
@@ -312,25 +283,18 @@ struct FwdMainloop {
       }
     };
 
-    int q_iter = 0;       // non-empty tiles begun: the Q buffer and its phase
-    bool primed = false;  // this tile's first block ran in the previous tile's boundary step
-    Softmax softmax;
+    int q_iter = 0;  // non-empty tiles begun: the Q buffer and its phase
     for (int round = 0, linear; (linear = sched.linear(round)) < sched.num_tiles; ++round) {
       const Tile tile = sched.tile(linear);
       const int row0 = tile.m_block * kBlockM;
       Blocks blocks = make_blocks(tile);
-      if (!primed) {
-        clear(acc_o);
-        softmax = Softmax{};
-      }
-      bool next_primed = false;
+      clear(acc_o);
+      Softmax softmax;
       if (!blocks.empty()) {
         const int q_stage = q_iter % Traits::kQStages;
         auto tSrQ = thr_qk.partition_fragment_A(sQ(_, _, q_stage));  // descriptors
-        if (!primed) {
-          Barrier::wait(&st.q_full[q_stage], (q_iter / Traits::kQStages) & 1);
-          prologue(tSrQ, softmax, blocks, row0);
-        }
+        Barrier::wait(&st.q_full[q_stage], (q_iter / Traits::kQStages) & 1);
+        prologue(tSrQ, softmax, blocks, row0);
         // Separate instantiations for masked and unmasked blocks: the element mask costs a
         // compare and select per score, and most blocks of long rows need none.
         if constexpr (kExtras) {
@@ -369,28 +333,9 @@ struct FwdMainloop {
         // Every S product of this warp has completed: Q may be overwritten.
         if (threadIdx.x % 32 == 0) Barrier::arrive(&st.q_empty[q_stage]);
         ++q_iter;
-        if constexpr (Traits::kOverlap && !kExtras) {
-          const int next_linear = sched.linear(round + 1);
-          if (next_linear < sched.num_tiles) {
-            const Tile next = sched.tile(next_linear);
-            const Blocks next_blocks = make_blocks(next);
-            if (!next_blocks.empty()) {
-              const int next_stage = q_iter % Traits::kQStages;
-              auto tSrQ_next = thr_qk.partition_fragment_A(sQ(_, _, next_stage));
-              Barrier::wait(&st.q_full[next_stage], (q_iter / Traits::kQStages) & 1);
-              Softmax next_softmax;
-              boundary(tSrQ_next, next_softmax, next_blocks, next.m_block * kBlockM);
-              epilogue(tile, softmax, blocks);
-              clear(acc_o);
-              softmax = next_softmax;
-              next_primed = true;
-            }
-          }
-        }
-        if (!next_primed) tail();
+        tail();
       }
-      if (!next_primed) epilogue(tile, softmax, blocks);
-      primed = next_primed;
+      epilogue(tile, softmax, blocks);
     }
     if constexpr (Traits::kStoreO) store_output_drain(ctid % 128);
   }

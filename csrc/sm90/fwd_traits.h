@@ -43,9 +43,9 @@ constexpr auto qk_mma_atom() {
 }
 
 // kQStages_: Q buffers, 0 = two where shared memory allows (see kQStages).
-// kStoreO_: -1 = the default of kStoreO below, 0 off, 1 on; kOverlap_: 1 on (measurements).
+// kStoreO_: -1 = the default of kStoreO below, 0 off, 1 on (measurements).
 template <typename Element_, int kHeadDim_, int kBlockN_, int kStages_, bool kPingPong_,
-          int kQStages_ = 0, int kStoreO_ = -1, int kOverlap_ = 0>
+          int kQStages_ = 0, int kStoreO_ = -1>
 struct FwdTraits {
   using Element = Element_;
   static constexpr int kHeadDim = kHeadDim_;
@@ -75,17 +75,6 @@ struct FwdTraits {
       kStoreO_ >= 0 ? kStoreO_ == 1
       : ((kQStages + 1) * 64 * kConsumerWarpGroups + 2 * kStages * kBlockN) * kHeadDim * 2 <=
             226 * 1024;
-  // Tile overlap (without extras; off by default): the next tile's first S = Q K^T is issued
-  // with this tile's last O += P V, its softmax runs while that product does, the epilogue
-  // follows, and Q loads run one tile ahead (so kQStages == 2). H200, bf16 hdim 128, same run,
-  // TFLOP/s at seqlen 512/1k/2k/4k/8k/16k, with the staged O store, overlap | none:
-  //   non-causal 477/565/605/617/613/608 | 448/518/587/641/659/637
-  //   causal     303/431/547/559/559/620 | 322/422/521/598/554/599
-  //   window 1024 at 16k 432 | 452 (maskbench); hdim 64 non-causal 4k-16k 444/453/454 |
-  //   419/431/449. It wins on short rows and loses 3-6% on long ones for reasons not found
-  //   yet (the steady-state loop's SASS is the same within ~1%).
-  static constexpr bool kOverlap = kOverlap_ == 1;
-  static_assert(!kOverlap || kQStages == 2, "the tile overlap loads Q one tile ahead");
   static constexpr int kConsumerThreads = 128 * kConsumerWarpGroups;
   static constexpr int kConsumerWarps = kConsumerThreads / 32;
   static constexpr int kNThreads = 128 + kConsumerThreads;  // warpgroup 0 produces (TMA)

@@ -86,11 +86,11 @@ cudaError_t launch_variant(const FwdParams& p, cudaStream_t s, int section, bool
 template <class Traits>
 std::string variant_name() {
   char name[80];
-  std::snprintf(name, sizeof(name), "%s h%d %dx%d s%d%s%s%s%s",
+  std::snprintf(name, sizeof(name), "%s h%d %dx%d s%d%s%s%s",
                 std::is_same_v<typename Traits::Element, cutlass::bfloat16_t> ? "bf16" : "fp16",
                 Traits::kHeadDim, Traits::kBlockM, Traits::kBlockN, Traits::kStages,
                 Traits::kPingPong ? " pp" : "", Traits::kQStages == 2 ? " q2" : "",
-                Traits::kStoreO ? " so" : "", Traits::kOverlap ? " ov" : "");
+                Traits::kStoreO ? " so" : "");
   return name;
 }
 
@@ -101,9 +101,9 @@ Variant default_variant() {
                  &launch_variant<T>, &sm90::run_fwd<E, H>};
 }
 
-template <typename E, int H, int N, int S, bool PP, int QS = 0, int SO = -1, int OV = -1>
+template <typename E, int H, int N, int S, bool PP, int QS = 0, int SO = -1>
 Variant tuning_variant() {
-  using T = sm90::FwdTraits<E, H, N, S, PP, QS, SO, OV>;
+  using T = sm90::FwdTraits<E, H, N, S, PP, QS, SO>;
   return Variant{variant_name<T>(), std::is_same_v<E, cutlass::bfloat16_t>, H, false,
                  &launch_variant<T>, nullptr};
 }
@@ -117,12 +117,9 @@ std::vector<Variant> all_variants() {
 #ifndef SM90_CHECK_DEFAULTS_ONLY
       // One Q buffer (the default has two) at hdim 128.
       tuning_variant<bf16, 128, 128, 2, true, 1>(),
-      // O stored directly from registers (no "so": the session-2 epilogue), and the tile
-      // overlap ("ov": the next tile's first S with the last P V, Q one tile ahead).
-      tuning_variant<bf16, 128, 128, 2, true, 0, 0, 0>(),
-      tuning_variant<bf16, 128, 128, 2, true, 0, -1, 1>(),
-      tuning_variant<bf16, 64, 128, 3, true, 0, 0, 0>(),
-      tuning_variant<bf16, 64, 128, 3, true, 0, -1, 1>(),
+      // O stored directly from registers (no "so": the epilogue of session 2).
+      tuning_variant<bf16, 128, 128, 2, true, 0, 0>(),
+      tuning_variant<bf16, 64, 128, 3, true, 0, 0>(),
 #endif
   };
 }
