@@ -647,6 +647,74 @@ __global__ void fill_stats(float* lse, float* delta, int rows, int t, int s, boo
   }
 }
 
+// The timing problems' buffers: bf16 q, k, v, dout, dk, dv and float dq of `elems`
+// elements, float lse and delta of `rows`; inputs random, dq zeroed; two timing events.
+struct TimingBuffers {
+  bf16 *q, *k, *v, *dout, *dk, *dv;
+  float *dq, *lse, *delta;
+  cudaEvent_t e0, e1;
+
+  TimingBuffers(size_t elems, size_t rows, uint64_t seed) {
+    for (bf16** ptr : {&q, &k, &v, &dout, &dk, &dv}) CK(cudaMalloc(ptr, elems * sizeof(bf16)));
+    CK(cudaMalloc(&dq, elems * sizeof(float)));
+    CK(cudaMalloc(&lse, rows * sizeof(float)));
+    CK(cudaMalloc(&delta, rows * sizeof(float)));
+    for (bf16* ptr : {q, k, v, dout}) fill_normal_bf16<<<1024, 256>>>(ptr, elems, seed++);
+    CK(cudaMemset(dq, 0, elems * sizeof(float)));
+    CK(cudaEventCreate(&e0));
+    CK(cudaEventCreate(&e1));
+  }
+  TimingBuffers(const TimingBuffers&) = delete;
+  TimingBuffers& operator=(const TimingBuffers&) = delete;
+  ~TimingBuffers() {
+    for (void* ptr : {(void*)q, (void*)k, (void*)v, (void*)dout, (void*)dk, (void*)dv,
+                      (void*)dq, (void*)lse, (void*)delta})
+      CK(cudaFree(ptr));
+    CK(cudaEventDestroy(e0));
+    CK(cudaEventDestroy(e1));
+  }
+
+  // A dense [b, t, n, h] self-attention problem (S = T, K = N) on these buffers, no window.
+  BwdParams params(int b, int t, int n, int h) const {
+    BwdParams p{};
+    p.q = q; p.k = k; p.v = v; p.dout = dout; p.dq_accum = dq; p.dk = dk; p.dv = dv;
+    p.lse = lse; p.delta = delta;
+    const int64_t rs = int64_t{n} * h;
+    p.q_batch_stride = p.k_batch_stride = p.v_batch_stride = p.do_batch_stride = t * rs;
+    p.dq_batch_stride = p.dk_batch_stride = p.dv_batch_stride = t * rs;
+    p.q_row_stride = p.k_row_stride = p.v_row_stride = p.do_row_stride = rs;
+    p.dq_row_stride = p.dk_row_stride = p.dv_row_stride = rs;
+    p.q_head_stride = p.k_head_stride = p.v_head_stride = p.do_head_stride = h;
+    p.dq_head_stride = p.dk_head_stride = p.dv_head_stride = h;
+    p.b = b; p.t = t; p.s = t; p.n = n; p.n_kv = n; p.h = h; p.hv = h; p.group = 1;
+    p.scale = 1.f / std::sqrt(float(h));
+    p.scale_log2 = p.scale * 1.4426950408889634f;
+    p.window_left = p.window_right = kUnbounded;
+    p.dtype = jax_flash::DType::kBFloat16;
+    return p;
+  }
+
+  // ms per launch over 10 back-to-back launches, 5 repeats, sorted (the median is [2]),
+  // after two warm-up launches.
+  template <typename Launch>
+  std::vector<float> time(Launch launch) const {
+    for (int w = 0; w < 2; ++w) CK(launch());
+    CK(cudaDeviceSynchronize());
+    std::vector<float> ms;
+    for (int rep = 0; rep < 5; ++rep) {
+      CK(cudaEventRecord(e0));
+      for (int it = 0; it < 10; ++it) CK(launch());
+      CK(cudaEventRecord(e1));
+      CK(cudaEventSynchronize(e1));
+      float elapsed;
+      CK(cudaEventElapsedTime(&elapsed, e0, e1));
+      ms.push_back(elapsed / 10);
+    }
+    std::sort(ms.begin(), ms.end());
+    return ms;
+  }
+};
+
 // once: a single launch per shape and no timing (for a profiler).
 // order: -1 the launcher's default, else that BwdOrder for every shape.
 template <typename Cfg>
@@ -654,16 +722,7 @@ void time_config(const char* cfg_name, const std::vector<int>& seqlens, bool onc
                  int order = -1) {
   constexpr int H = Cfg::kHeadDim;
   const size_t tokens = 16384, hidden = 2048;
-  const size_t elems = tokens * hidden;
-  bf16 *q, *k, *v, *dout, *dk, *dv;
-  float *dq, *lse, *delta;
-  for (bf16** ptr : {&q, &k, &v, &dout, &dk, &dv}) CK(cudaMalloc(ptr, elems * sizeof(bf16)));
-  CK(cudaMalloc(&dq, elems * sizeof(float)));
-  CK(cudaMalloc(&lse, tokens * (hidden / H) * sizeof(float)));
-  CK(cudaMalloc(&delta, tokens * (hidden / H) * sizeof(float)));
-  uint64_t seed = 1;
-  for (bf16* ptr : {q, k, v, dout}) fill_normal_bf16<<<1024, 256>>>(ptr, elems, seed++);
-  CK(cudaMemset(dq, 0, elems * sizeof(float)));
+  const TimingBuffers buf(tokens * hidden, tokens * (hidden / H), 1);
   int ctas = 0;
   auto* kernel = jax_flash::sm80::bwd::bwd_kernel<bf16, Cfg, jax_flash::sm80::bwd::kNoExtras,
                                                    BwdOrder::kKeysFastest>;
@@ -671,59 +730,29 @@ void time_config(const char* cfg_name, const std::vector<int>& seqlens, bool onc
   CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&ctas, kernel, Cfg::kThreads, Cfg::kSmemBytes));
   std::printf("config %s: %d threads, %d B smem, %d CTA(s)/SM\n", cfg_name, Cfg::kThreads,
               Cfg::kSmemBytes, ctas);
-  cudaEvent_t e0, e1;
-  CK(cudaEventCreate(&e0));
-  CK(cudaEventCreate(&e1));
   for (int causal = 0; causal < 2; ++causal) {
     for (int t : seqlens) {
       const int b = tokens / t, n = hidden / H;
-      BwdParams p{};
-      p.q = q; p.k = k; p.v = v; p.dout = dout; p.dq_accum = dq; p.dk = dk; p.dv = dv;
-      p.lse = lse; p.delta = delta;
-      const int64_t rs = int64_t{n} * H;
-      p.q_batch_stride = p.k_batch_stride = p.v_batch_stride = p.do_batch_stride = t * rs;
-      p.dq_batch_stride = p.dk_batch_stride = p.dv_batch_stride = t * rs;
-      p.q_row_stride = p.k_row_stride = p.v_row_stride = p.do_row_stride = rs;
-      p.dq_row_stride = p.dk_row_stride = p.dv_row_stride = rs;
-      p.q_head_stride = p.k_head_stride = p.v_head_stride = p.do_head_stride = H;
-      p.dq_head_stride = p.dk_head_stride = p.dv_head_stride = H;
-      p.b = b; p.t = t; p.s = t; p.n = n; p.n_kv = n; p.h = H; p.hv = H; p.group = 1;
-      p.scale = 1.f / std::sqrt(float(H));
-      p.scale_log2 = p.scale * 1.4426950408889634f;
-      p.window_left = kUnbounded;
+      BwdParams p = buf.params(b, t, n, H);
       p.window_right = causal ? 0 : kUnbounded;
       p.is_causal = causal;
-      p.dtype = jax_flash::DType::kBFloat16;
-      fill_stats<<<256, 256>>>(lse, delta, b * n * t, t, t, causal);
+      fill_stats<<<256, 256>>>(buf.lse, buf.delta, b * n * t, t, t, causal);
       CK(cudaGetLastError());
       auto launch = [&]() {
         return order < 0 ? launch_bwd<bf16, Cfg>(p, 0) : launch_bwd<bf16, Cfg>(p, 0, BwdOrder(order));
       };
-      for (int w = 0; w < (once ? 1 : 2); ++w) CK(launch());
-      CK(cudaDeviceSynchronize());
-      if (once) continue;
-      std::vector<float> ms;
-      for (int rep = 0; rep < 5; ++rep) {
-        CK(cudaEventRecord(e0));
-        for (int it = 0; it < 10; ++it) CK(launch());
-        CK(cudaEventRecord(e1));
-        CK(cudaEventSynchronize(e1));
-        float elapsed;
-        CK(cudaEventElapsedTime(&elapsed, e0, e1));
-        ms.push_back(elapsed / 10);
+      if (once) {
+        CK(launch());
+        CK(cudaDeviceSynchronize());
+        continue;
       }
-      std::sort(ms.begin(), ms.end());
+      const std::vector<float> ms = buf.time(launch);
       const double flops = 10.0 * b * n * double(t) * t * H * (causal ? 0.5 : 1.0);
       std::printf("TIME %-24s hdim %3d seqlen %5d %-10s %8.3f ms %6.1f TFLOP/s (spread %.1f%%)\n",
                   cfg_name, H, t, causal ? "causal" : "noncausal", ms[2], flops / (ms[2] * 1e-3) / 1e12,
                   100.0 * (ms[4] - ms[0]) / ms[2]);
     }
   }
-  for (void* ptr : {(void*)q, (void*)k, (void*)v, (void*)dout, (void*)dk, (void*)dv, (void*)dq,
-                    (void*)lse, (void*)delta})
-    CK(cudaFree(ptr));
-  CK(cudaEventDestroy(e0));
-  CK(cudaEventDestroy(e1));
 }
 
 // Issue 5's performance points (hdim 128, seqlen 16k, 16 heads): a sliding window of 1024
@@ -731,25 +760,13 @@ void time_config(const char* cfg_name, const std::vector<int>& seqlens, bool onc
 void time_extras() {
   constexpr int H = 128;
   const int t = 16384, n = 2048 / H;
-  const size_t elems = size_t(t) * n * H;
-  bf16 *q, *k, *v, *dout, *dk, *dv;
-  float *dq, *lse, *delta;
-  for (bf16** ptr : {&q, &k, &v, &dout, &dk, &dv}) CK(cudaMalloc(ptr, elems * sizeof(bf16)));
-  CK(cudaMalloc(&dq, elems * sizeof(float)));
-  CK(cudaMalloc(&lse, size_t(t) * n * sizeof(float)));
-  CK(cudaMalloc(&delta, size_t(t) * n * sizeof(float)));
-  uint64_t seed = 7;
-  for (bf16* ptr : {q, k, v, dout}) fill_normal_bf16<<<1024, 256>>>(ptr, elems, seed++);
-  fill_stats<<<256, 256>>>(lse, delta, n * t, t, 2048, false);
-  CK(cudaMemset(dq, 0, elems * sizeof(float)));
+  const TimingBuffers buf(size_t(t) * n * H, size_t(t) * n, 7);
+  fill_stats<<<256, 256>>>(buf.lse, buf.delta, n * t, t, 2048, false);
   std::vector<int32_t> ids(t);
   for (int i = 0; i < t; ++i) ids[i] = i / 2048;
   Uploads up;
   const int32_t* seg = up(ids);
   const int32_t* range = up(chunk_ranges(ids, 1, t));
-  cudaEvent_t e0, e1;
-  CK(cudaEventCreate(&e0));
-  CK(cudaEventCreate(&e1));
   struct Point { const char* name; int wl, wr; bool segments; double pairs; };
   const double tt = double(t) * t;
   const Point points[] = {
@@ -760,50 +777,20 @@ void time_extras() {
       {"8 docs of 2k causal", U, 0, true, tt / 16},
   };
   for (const Point& pt : points) {
-    BwdParams p{};
-    p.q = q; p.k = k; p.v = v; p.dout = dout; p.dq_accum = dq; p.dk = dk; p.dv = dv;
-    p.lse = lse; p.delta = delta;
-    const int64_t rs = int64_t{n} * H;
-    p.q_batch_stride = p.k_batch_stride = p.v_batch_stride = p.do_batch_stride = t * rs;
-    p.dq_batch_stride = p.dk_batch_stride = p.dv_batch_stride = t * rs;
-    p.q_row_stride = p.k_row_stride = p.v_row_stride = p.do_row_stride = rs;
-    p.dq_row_stride = p.dk_row_stride = p.dv_row_stride = rs;
-    p.q_head_stride = p.k_head_stride = p.v_head_stride = p.do_head_stride = H;
-    p.dq_head_stride = p.dk_head_stride = p.dv_head_stride = H;
-    p.b = 1; p.t = t; p.s = t; p.n = n; p.n_kv = n; p.h = H; p.hv = H; p.group = 1;
-    p.scale = 1.f / std::sqrt(float(H));
-    p.scale_log2 = p.scale * 1.4426950408889634f;
+    BwdParams p = buf.params(1, t, n, H);
     p.window_left = pt.wl;
     p.window_right = pt.wr;
     p.is_causal = pt.wl == U && pt.wr == 0;
-    p.dtype = jax_flash::DType::kBFloat16;
     if (pt.segments) {
       p.extra.q_segment_ids = p.extra.kv_segment_ids = seg;
       p.extra.q_segment_range = p.extra.kv_segment_range = range;
       p.extra.q_chunks = p.extra.kv_chunks = t / jax_flash::kSegmentChunk;
     }
-    for (int w = 0; w < 2; ++w) CK((run_bwd<bf16, H>(p, 0)));
-    CK(cudaDeviceSynchronize());
-    std::vector<float> ms;
-    for (int rep = 0; rep < 5; ++rep) {
-      CK(cudaEventRecord(e0));
-      for (int it = 0; it < 10; ++it) CK((run_bwd<bf16, H>(p, 0)));
-      CK(cudaEventRecord(e1));
-      CK(cudaEventSynchronize(e1));
-      float elapsed;
-      CK(cudaEventElapsedTime(&elapsed, e0, e1));
-      ms.push_back(elapsed / 10);
-    }
-    std::sort(ms.begin(), ms.end());
+    const std::vector<float> ms = buf.time([&]() { return run_bwd<bf16, H>(p, 0); });
     const double flops = 10.0 * n * pt.pairs * H;
     std::printf("TIMEX hdim %d seqlen %d %-24s %8.3f ms %6.1f TFLOP/s over visible pairs\n", H, t,
                 pt.name, ms[2], flops / (ms[2] * 1e-3) / 1e12);
   }
-  for (void* ptr : {(void*)q, (void*)k, (void*)v, (void*)dout, (void*)dk, (void*)dv, (void*)dq,
-                    (void*)lse, (void*)delta})
-    CK(cudaFree(ptr));
-  CK(cudaEventDestroy(e0));
-  CK(cudaEventDestroy(e1));
 }
 
 // Alternative tile configurations timed beside the defaults.
