@@ -74,8 +74,9 @@ struct Variant {
   bool bf16;
   int hdim;
   bool is_default;
-  LaunchFn launch;  // these tiles, in the given tile order
-  RunFn run;        // defaults: the library entry point (checks call it); else null
+  LaunchFn launch;    // these tiles, in the given tile order
+  RunFn run;          // defaults: the library entry point (checks call it); else null
+  bool check_extras;  // also run the extras cases (defaults, and kernels that could replace one)
 };
 
 template <class Traits>
@@ -98,14 +99,14 @@ template <typename E, int H>
 Variant default_variant() {
   using T = typename sm90::FwdDefaultTraits<E, H>::type;
   return Variant{variant_name<T>(), std::is_same_v<E, cutlass::bfloat16_t>, H, true,
-                 &launch_variant<T>, &sm90::run_fwd<E, H>};
+                 &launch_variant<T>, &sm90::run_fwd<E, H>, true};
 }
 
-template <typename E, int H, int N, int S, bool PP, int QS = 0, int SO = -1>
-Variant tuning_variant() {
-  using T = sm90::FwdTraits<E, H, N, S, PP, QS, SO>;
+template <typename E, int H, int N, int S, bool PP, int QS = 0, int SO = -1, int CWG = 2>
+Variant tuning_variant(bool check_extras = false) {
+  using T = sm90::FwdTraits<E, H, N, S, PP, QS, SO, CWG>;
   return Variant{variant_name<T>(), std::is_same_v<E, cutlass::bfloat16_t>, H, false,
-                 &launch_variant<T>, nullptr};
+                 &launch_variant<T>, nullptr, check_extras};
 }
 
 std::vector<Variant> all_variants() {
@@ -120,6 +121,13 @@ std::vector<Variant> all_variants() {
       // O stored directly from registers (no "so": the epilogue of session 2).
       tuning_variant<bf16, 128, 128, 2, true, 0, 0>(),
       tuning_variant<bf16, 64, 128, 3, true, 0, 0>(),
+      // Three consumer warpgroups at hdim 64 (192-row tiles; issue 4), candidates for the hdim-64
+      // default, so every case including the extras ones: round-robin ping-pong with 3 and 4
+      // stages, no ping-pong, and fp16. Names contain "192x".
+      tuning_variant<bf16, 64, 128, 3, true, 0, -1, 3>(true),
+      tuning_variant<bf16, 64, 128, 4, true, 0, -1, 3>(true),
+      tuning_variant<bf16, 64, 128, 3, false, 0, -1, 3>(true),
+      tuning_variant<fp16, 64, 128, 3, true, 0, -1, 3>(true),
 #endif
   };
 }
@@ -511,8 +519,8 @@ int run_checks(const std::vector<Variant>& vars, bool quick, bool extras_only) {
       {"persistent causal 3x1000 gqa4", 3, 1000, 1000, 16, 4, 0, U, 0, 1.f, false, 0},
       {"long 1x2048 gqa4", 1, 2048, 2048, 8, 2, 0, U, U, 1.f, false, 0},
   };
-  // Extras (issue 5), on the default tiles only: every feature alone and combined with
-  // causal / windows / GQA, odd sizes, rows and batches that see nothing.
+  // Extras (issue 5), on the default tiles and the variants with check_extras: every feature
+  // alone and combined with causal / windows / GQA, odd sizes, rows and batches that see nothing.
   const Case extra_cases[] = {
       with_extras({"lengths 3x300x333", 3, 300, 333, 4, 2, 0, U, U, 1.f, false, 0}, 1, 0, 0, 0, 0),
       with_extras({"lengths causal 3x300", 3, 300, 300, 2, 1, 0, U, 0, 1.f, false, 0}, 1, 0, 0, 0, 0),
@@ -533,7 +541,7 @@ int run_checks(const std::vector<Variant>& vars, bool quick, bool extras_only) {
   int failed = 0, total = 0;
   uint64_t seed = 4321;
   for (const Variant& var : vars) {
-    if (!var.is_default) continue;
+    if (!var.check_extras) continue;
     for (const Case& c : extra_cases) {
       if (quick && int64_t(c.b) * c.t * c.n > 4000) continue;
       const bool ok = var.bf16 ? run_case<cutlass::bfloat16_t>(var, c, ++seed)
