@@ -11,7 +11,7 @@
 #      cases included).
 # Uses out/sm90/sm90_fwd_check built here by tests/cuda/sm90_build.sh and carried, or rebuilds it
 # on the device when it is missing, cannot run or is stale (as tests/cuda/sm90_run.sh).
-# usage: tests/cuda/sm90_3wg_run.sh   (logs under $OUT: check3, bench3, maskbench3, memcheck3;
+# usage: tests/cuda/sm90_3wg_run.sh   (logs under $OUT: check3, bench3, ratio3, maskbench3, memcheck3;
 #        run it with run(timeout_s=600), see tests/cuda/sm90_notes.md)
 set -o pipefail
 cd "$(dirname "$0")/../.."
@@ -40,12 +40,39 @@ if [ $SECONDS -lt 500 ]; then
     2>&1 | tail -6 > "$OUT/memcheck3.txt"
 fi
 
-# The reply shows only the tail: failures and totals, the 192x128 lines, then the tables.
+# The reply shows only the last 12,000 characters: the long tables first, then what decides
+# (check totals, the 2 -> 3 warpgroup ratios, memcheck); every log also comes back under $OUT.
+echo "== bench"; grep -v "^device" "$OUT/bench3.txt"
+echo "== maskbench"; grep -v "^device" "$OUT/maskbench3.txt"
 echo "== check (full log: check3.txt)"
 grep -E "^(FAIL|HANG)|passed|exit|error|rror" "$OUT/check3.txt" | head -40
 echo "192x128 cases passed: $(grep -c '^PASS .*192x128' "$OUT/check3.txt")," \
   "failed: $(grep -c '^FAIL .*192x128' "$OUT/check3.txt")"
-echo "== bench"; grep -v "^device" "$OUT/bench3.txt"
-echo "== maskbench"; grep -v "^device" "$OUT/maskbench3.txt"
+echo "== bench ratios"
+# TFLOP/s of each variant over the shipped 2-warpgroup hdim-64 kernel, same run, default order
+# (bench lines: <variant name, with spaces> causal seqlen order ms TFLOP/s).
+awk '
+NF >= 6 && $(NF - 2) == "default" {
+  name = $1; for (i = 2; i <= NF - 5; ++i) name = name " " $i
+  key = $(NF - 4) " " $(NF - 3)
+  tf[name, key] = $NF
+  if (!(name in seen)) { seen[name] = 1; names[++n] = name }
+  if (!(key in kseen)) { kseen[key] = 1; keys[++m] = key }
+}
+END {
+  base = "bf16 h64 128x128 s3 pp q2 so"
+  printf "%-30s", "ratio to " base " (causal seqlen):"
+  for (j = 1; j <= m; ++j) printf " %s", keys[j]; printf "\n"
+  for (i = 1; i <= n; ++i) {
+    if (names[i] == base) continue
+    printf "%-30s", names[i]
+    for (j = 1; j <= m; ++j) {
+      b = tf[base, keys[j]]; v = tf[names[i], keys[j]]
+      if (b > 0 && v > 0) printf " %.2f", v / b; else printf " -"
+    }
+    printf "\n"
+  }
+}
+' "$OUT/bench3.txt" | tee "$OUT/ratio3.txt"
 echo "== memcheck"; cat "$OUT/memcheck3.txt" 2>/dev/null
 echo "total ${SECONDS}s"
