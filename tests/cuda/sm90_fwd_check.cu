@@ -725,6 +725,11 @@ int run_mask_bench(const std::vector<Variant>& vars) {
     double window_pairs = 0;
     for (int i = 0; i < t; ++i) window_pairs += std::min(i, 1024) + 1;
     const double tt = double(t) * t, doc = 2048.0;
+    // Diagnosis of the window's per-tile cost: every tile walks 9 (16) unmasked key blocks, as
+    // many as a window-1024 (document) tile, with no element mask.
+    FwdParams keys_1152 = base, keys_2048 = base;
+    keys_1152.s = 1152;
+    keys_2048.s = 2048;
     const MaskCase cases[] = {
         {"dense", base, tt, false},
         {"dense_causal", causal(base), t * (t + 1.0) / 2, true},
@@ -735,7 +740,20 @@ int run_mask_bench(const std::vector<Variant>& vars) {
         {"lengths_full", lengths_full, tt, false},
         {"softcap", softcap, tt, false},
         {"bias", biased, tt, false},
+        {"keys_1152", keys_1152, t * 1152.0, false},
+        {"keys_2048", keys_2048, t * 2048.0, false},
     };
+    // SM90_PROFILE_CASE=<case>: launch that case three times, untimed (for ncu), and stop.
+    if (const char* only = std::getenv("SM90_PROFILE_CASE")) {
+      for (const MaskCase& c : cases) {
+        if (std::strcmp(c.name, only) != 0) continue;
+        for (int i = 0; i < 3; ++i) CHECK_CUDA(var.launch(c.p, 0, -1, true));
+        sync_or_die(var.name.c_str());
+        std::printf("profiled %s on %s\n", only, var.name.c_str());
+      }
+      for (void* ptr : allocs) CHECK_CUDA(cudaFree(ptr));
+      continue;
+    }
     double dense = 0, dense_causal = 0;
     std::printf("%-24s %-14s %9s %9s %7s\n", "variant", "case", "ms", "TFLOP/s", "of dense");
     for (const MaskCase& c : cases) {
