@@ -597,6 +597,29 @@ double time_ms(const Variant& var, const FwdParams& p, int section, bool snake =
   return reps[2];
 }
 
+// Median of 21 launches, each timed alone between two synchronizations (no back-to-back work).
+double time_isolated_ms(const Variant& var, const FwdParams& p) {
+  cudaEvent_t e0, e1;
+  CHECK_CUDA(cudaEventCreate(&e0));
+  CHECK_CUDA(cudaEventCreate(&e1));
+  for (int i = 0; i < 2; ++i) CHECK_CUDA(var.launch(p, 0, -1, true));
+  sync_or_die(var.name.c_str());
+  std::vector<float> reps;
+  for (int r = 0; r < 21; ++r) {
+    CHECK_CUDA(cudaEventRecord(e0));
+    CHECK_CUDA(var.launch(p, 0, -1, true));
+    CHECK_CUDA(cudaEventRecord(e1));
+    sync_or_die(var.name.c_str());
+    float ms;
+    CHECK_CUDA(cudaEventElapsedTime(&ms, e0, e1));
+    reps.push_back(ms);
+  }
+  std::sort(reps.begin(), reps.end());
+  CHECK_CUDA(cudaEventDestroy(e0));
+  CHECK_CUDA(cudaEventDestroy(e1));
+  return reps[10];
+}
+
 int run_bench(const std::vector<Variant>& vars) {
   const int64_t tokens = 16384, hidden = 2048;
   void *q, *k, *v, *o;
@@ -727,7 +750,9 @@ int run_mask_bench(const std::vector<Variant>& vars) {
     const double tt = double(t) * t, doc = 2048.0;
     // Diagnosis of the window's per-tile cost: every tile walks 9 (16) unmasked key blocks, as
     // many as a window-1024 (document) tile, with no element mask.
-    FwdParams keys_1152 = base, keys_2048 = base;
+    FwdParams keys_1152 = base, keys_2048 = base, window_mqa = window;
+    window_mqa.n_kv = 1;  // every head reads head 0's K/V: 8 MB, L2-resident
+    window_mqa.group = heads;
     keys_1152.s = 1152;
     keys_2048.s = 2048;
     const MaskCase cases[] = {
@@ -742,6 +767,7 @@ int run_mask_bench(const std::vector<Variant>& vars) {
         {"bias", biased, tt, false},
         {"keys_1152", keys_1152, t * 1152.0, false},
         {"keys_2048", keys_2048, t * 2048.0, false},
+        {"window_mqa", window_mqa, window_pairs, true},
     };
     // SM90_PROFILE_CASE=<case>: launch that case three times, untimed (for ncu), and stop.
     if (const char* only = std::getenv("SM90_PROFILE_CASE")) {
@@ -754,10 +780,27 @@ int run_mask_bench(const std::vector<Variant>& vars) {
       for (void* ptr : allocs) CHECK_CUDA(cudaFree(ptr));
       continue;
     }
+    // SM90_MASK_CASES=a,b,a,...: these cases in this order (repeats allowed: order effects of
+    // power and clocks); SM90_ISOLATED=1: each launch timed alone (synchronized), not 10 in a row.
+    std::vector<const MaskCase*> order;
+    if (const char* list = std::getenv("SM90_MASK_CASES")) {
+      std::string names = std::string(list) + ",";
+      for (size_t at = 0, comma; (comma = names.find(',', at)) != std::string::npos; at = comma + 1) {
+        for (const MaskCase& c : cases) {
+          if (names.compare(at, comma - at, c.name) == 0 && std::strlen(c.name) == comma - at) {
+            order.push_back(&c);
+          }
+        }
+      }
+    } else {
+      for (const MaskCase& c : cases) order.push_back(&c);
+    }
+    const bool isolated = std::getenv("SM90_ISOLATED") != nullptr;
     double dense = 0, dense_causal = 0;
     std::printf("%-24s %-14s %9s %9s %7s\n", "variant", "case", "ms", "TFLOP/s", "of dense");
-    for (const MaskCase& c : cases) {
-      const double ms = time_ms(var, c.p, -1);
+    for (const MaskCase* cp : order) {
+      const MaskCase& c = *cp;
+      const double ms = isolated ? time_isolated_ms(var, c.p) : time_ms(var, c.p, -1);
       const double tflops = 4.0 * heads * c.pairs * h / ms * 1e-9;
       if (std::strcmp(c.name, "dense") == 0) dense = tflops;
       if (std::strcmp(c.name, "dense_causal") == 0) dense_causal = tflops;
