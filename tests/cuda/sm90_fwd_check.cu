@@ -755,6 +755,15 @@ int run_mask_bench(const std::vector<Variant>& vars) {
     window_mqa.group = heads;
     keys_1152.s = 1152;
     keys_2048.s = 2048;
+    // The 8 documents as a batch of 8 sequences of 2k: no extras (batch), and the extras kernel
+    // with lengths = 2k (batch_len: no segment scan).
+    FwdParams batch = base;
+    batch.b = 8; batch.t = batch.s = 2048;
+    batch.q_batch_stride = batch.k_batch_stride = batch.v_batch_stride = batch.o_batch_stride =
+        int64_t(2048) * heads * h;
+    std::vector<int32_t> lens8(8, 2048);
+    FwdParams batch_len = batch;
+    batch_len.extra.q_seqlen = batch_len.extra.kv_seqlen = upload(lens8, alloc);
     const MaskCase cases[] = {
         {"dense", base, tt, false},
         {"dense_causal", causal(base), t * (t + 1.0) / 2, true},
@@ -768,6 +777,8 @@ int run_mask_bench(const std::vector<Variant>& vars) {
         {"keys_1152", keys_1152, t * 1152.0, false},
         {"keys_2048", keys_2048, t * 2048.0, false},
         {"window_mqa", window_mqa, window_pairs, true},
+        {"batch_8x2k", batch, 8 * doc * doc, false},
+        {"batch_len_8x2k", batch_len, 8 * doc * doc, false},
     };
     // SM90_PROFILE_CASE=<case>: launch that case three times, untimed (for ncu), and stop.
     if (const char* only = std::getenv("SM90_PROFILE_CASE")) {
@@ -800,7 +811,8 @@ int run_mask_bench(const std::vector<Variant>& vars) {
     std::printf("%-24s %-14s %9s %9s %7s\n", "variant", "case", "ms", "TFLOP/s", "of dense");
     for (const MaskCase* cp : order) {
       const MaskCase& c = *cp;
-      const double ms = isolated ? time_isolated_ms(var, c.p) : time_ms(var, c.p, -1);
+      const char* sec = std::getenv("SM90_SECTION");  // tile order: 0 rows first, n heavy
+      const double ms = isolated ? time_isolated_ms(var, c.p) : time_ms(var, c.p, sec ? std::atoi(sec) : -1);
       const double tflops = 4.0 * heads * c.pairs * h / ms * 1e-9;
       if (std::strcmp(c.name, "dense") == 0) dense = tflops;
       if (std::strcmp(c.name, "dense_causal") == 0) dense_causal = tflops;
