@@ -23,9 +23,6 @@
 
 namespace jax_flash::sm90 {
 
-// Named barriers of the staged epilogue: one per consumer warpgroup (PingPong uses 0 and 1).
-constexpr uint32_t kEpilogueBarrier = 2;
-
 // lse of this thread's rows (natural log), written by the quad lane that holds column 0.
 template <int kRows, class Coord>
 __device__ __forceinline__ void store_lse(const FwdParams& p, Coord const& coord,
@@ -43,9 +40,11 @@ __device__ __forceinline__ void store_lse(const FwdParams& p, Coord const& coord
   }
 }
 
-// The staged path (kStoreO): acc_o normalized, wg the consumer warpgroup (0 or 1), wg_thread
-// its thread index (0..127). The tile's previous store must have read the staging tile before
-// it is overwritten: its issuing thread waits, then the warpgroup meets on a named barrier.
+// The staged path (kStoreO): acc_o normalized, wg the consumer warpgroup (0 ..
+// kConsumerWarpGroups - 1), wg_thread its thread index (0..127). Named barriers: one per
+// warpgroup, Traits::kEpilogueBarrier + wg (clear of the ping-pong ids, fwd_traits.h).
+// The tile's previous store must have read the staging tile before it is overwritten: its
+// issuing thread waits, then the warpgroup meets on a named barrier.
 // Before the CTA exits, the issuing thread waits for its last store (store_output_drain).
 template <class Traits, class AccO>
 __device__ __forceinline__ void store_output_staged(const KernelParams<Traits>& kp,
@@ -60,7 +59,7 @@ __device__ __forceinline__ void store_output_staged(const KernelParams<Traits>& 
   convert_fragment(acc_o, o16);
   Tensor sO = make_tensor(make_smem_ptr(st.o.data()), typename Traits::SmemLayoutO{})(_, _, wg);
   if (wg_thread == 0) tma_store_wait<0>();
-  cutlass::arch::NamedBarrier::sync(128, kEpilogueBarrier + wg);
+  cutlass::arch::NamedBarrier::sync(128, Traits::kEpilogueBarrier + wg);
   auto r2s = make_tiled_copy_C(Copy_Atom<SM90_U32x4_STSM_N, Element>{},
                                typename Traits::TiledMmaPVOne{});
   auto thr = r2s.get_thread_slice(wg_thread);
@@ -68,7 +67,7 @@ __device__ __forceinline__ void store_output_staged(const KernelParams<Traits>& 
   Tensor dst = thr.partition_D(sO);
   copy(r2s, src, dst);
   tma_store_fence();  // the generic-proxy writes above, before the async proxy reads them
-  cutlass::arch::NamedBarrier::sync(128, kEpilogueBarrier + wg);
+  cutlass::arch::NamedBarrier::sync(128, Traits::kEpilogueBarrier + wg);
   if (wg_thread == 0) {
     Tensor mO = kp.tma_o.get_tma_tensor(make_shape(p.t, p.h, p.n, p.b));
     Tensor gO = local_tile(mO(_, _, head, batch), Shape<_64, Int<kHeadDim>>{},

@@ -5,10 +5,12 @@
 // (G = N / K), H head dim (runtime, multiple of 8, <= kHeadDim). Tiles (fwd_traits.h): kBlockM
 // query rows per tile, kBlockN keys per pipeline stage, kHeadDim the padded H.
 //
-// One CTA of 3 warpgroups per multiprocessor, looping over tiles (scheduler.cuh):
+// One CTA of 1 + kConsumerWarpGroups warpgroups per multiprocessor, looping over tiles
+// (scheduler.cuh):
 //   warpgroup 0   producer: drops to 24 registers; one thread issues every TMA load
 //                 (fwd_mainloop.cuh load()) into the Q buffer and the K and V stage rings.
-//   warpgroups 1-2  consumers: raised to 240 registers; each owns 64 query rows of the tile:
+//   warpgroups 1..kConsumerWarpGroups  consumers (2; 3 at hdim 64 as an option): raised to
+//                 240 registers (160 with three); each owns 64 query rows of the tile:
 //                 S = Q K^T and O += P V on wgmma, online softmax in registers
 //                 (fwd_mainloop.cuh consume()), then O through a shared-memory staging tile
 //                 and a TMA store (hdim 64, 128) or straight from registers (hdim 256), lse

@@ -20,8 +20,8 @@
 //   wait O; release V[prev]; rescale O if the offsets moved; P = P'
 //
 // with a prologue (S for n_hi alone) and a tail (the last P V), then the epilogue
-// (fwd_epilogue.cuh). The products of the two warpgroups alternate on the tensor cores while
-// the other one runs its softmax.
+// (fwd_epilogue.cuh). With ping-pong the warpgroups' products take turns on the tensor cores
+// (round robin) while the others run their softmax.
 #pragma once
 
 #include <cfloat>
@@ -132,8 +132,11 @@ struct FwdMainloop {
     load_v(prev);
   }
 
-  // ---- consumers: every tile of this CTA (called by all 256 consumer threads) ----
-  // wg: this consumer warpgroup (0 or 1); ctid: the thread's index among the consumers.
+  // ---- consumers: every tile of this CTA (called by all kConsumerThreads threads) ----
+  // wg: this consumer warpgroup (0 .. kConsumerWarpGroups - 1); ctid: the thread's index among
+  // the consumers. Every warpgroup walks the same tiles and the same key blocks (computed for
+  // the whole kBlockM-row tile), which the ping-pong turns and the per-warp empty-barrier
+  // arrivals (kConsumerWarps per phase) rely on.
   template <bool kExtras>
   static __device__ __forceinline__ void consume(const Params& kp, Storage& st,
                                                  const TileScheduler& sched, int wg, int ctid) {
@@ -145,7 +148,8 @@ struct FwdMainloop {
     typename Traits::TiledMmaPV mma_pv;
     auto thr_qk = mma_qk.get_thread_slice(ctid);
     auto thr_pv = mma_pv.get_thread_slice(ctid);
-    const PingPong<Traits::kPingPong> pingpong{wg};
+    const PingPong<Traits::kPingPong, Traits::kConsumerWarpGroups, Traits::kPingPongBarrier>
+        pingpong{wg};
     pingpong.start();
 
     Tensor sQ = make_tensor(make_smem_ptr(st.q.data()), typename Traits::SmemLayoutQ{});

@@ -2,7 +2,8 @@
 // place for sm90 forward tile heuristics.
 //
 // Dimension legend: kBlockM query rows per CTA (64 per consumer warpgroup), kBlockN keys per
-// pipeline stage, kHeadDim the instantiated (padded) head dim, kStages K and V buffers each.
+// pipeline stage, kHeadDim the instantiated (padded) head dim, kStages K and V buffers each,
+// kConsumerWarpGroups consumer warpgroups (2, or 3 at hdim 64: 192-row tiles).
 #pragma once
 
 #include <cstdint>
@@ -13,6 +14,7 @@
 // which cute/tensor.hpp includes only under a macro; included here by name instead.
 #include <cute/arch/mma_sm90_gmma_ext.hpp>
 #include <cute/atom/mma_traits_sm90_gmma_ext.hpp>
+#include <cutlass/arch/barrier.h>
 #include <cutlass/numeric_types.h>
 
 #include "params.h"
@@ -44,8 +46,9 @@ constexpr auto qk_mma_atom() {
 
 // kQStages_: Q buffers, 0 = two where shared memory allows (see kQStages).
 // kStoreO_: -1 = the default of kStoreO below, 0 off, 1 on (measurements).
+// kConsumerWarpGroups_: 2 (every shipped default), or 3 at hdim 64 (see kConsumerRegs).
 template <typename Element_, int kHeadDim_, int kBlockN_, int kStages_, bool kPingPong_,
-          int kQStages_ = 0, int kStoreO_ = -1>
+          int kQStages_ = 0, int kStoreO_ = -1, int kConsumerWarpGroups_ = 2>
 struct FwdTraits {
   using Element = Element_;
   static constexpr int kHeadDim = kHeadDim_;
@@ -55,7 +58,12 @@ struct FwdTraits {
   // runs while the other's matrix products occupy the tensor cores.
   static constexpr bool kPingPong = kPingPong_;
 
-  static constexpr int kConsumerWarpGroups = 2;
+  // 64 query rows each. FlashAttention-3 runs hdim 64 with three (192-row tiles): its wgmmas
+  // are small there, so per-step and per-tile fixed costs weigh more, and a third warpgroup
+  // gives the tensor cores more independent work to overlap them with.
+  static constexpr int kConsumerWarpGroups = kConsumerWarpGroups_;
+  static_assert(kConsumerWarpGroups == 2 || (kConsumerWarpGroups == 3 && kHeadDim_ == 64),
+                "consumer warpgroups: 2, or 3 at hdim 64 (registers, see kConsumerRegs)");
   // Two Q buffers where shared memory allows: the next tile's Q loads while this tile ends,
   // instead of after its last S product (short tiles: causal at short seqlens, windows).
   // (hdim 64 and 128: 2; hdim 256: 64 KB per Q buffer does not fit twice.)
@@ -78,9 +86,26 @@ struct FwdTraits {
   static constexpr int kConsumerThreads = 128 * kConsumerWarpGroups;
   static constexpr int kConsumerWarps = kConsumerThreads / 32;
   static constexpr int kNThreads = 128 + kConsumerThreads;  // warpgroup 0 produces (TMA)
-  // Registers per thread after setmaxnreg: 128 x 24 + 256 x 240 = 64,512 <= 65,536.
+  // Registers per thread after setmaxnreg (multiples of 8, sum over the CTA <= 65,536):
+  //   2 consumers: 128 x 24 + 256 x 240 = 64,512;
+  //   3 consumers: 128 x 24 + 384 x 160 = 64,512 (168 would need 67,584). At hdim 64 with
+  //   128-key blocks a consumer thread holds S (64 fp32), O (32) and P (32 registers of
+  //   packed 16-bit pairs) at once, plus softmax state and addresses: 160 is enough only at
+  //   hdim 64 (O at hdim 128 alone would take 64 more).
   static constexpr int kProducerRegs = 24;
-  static constexpr int kConsumerRegs = 240;
+  static constexpr int kConsumerRegs = kConsumerWarpGroups == 2 ? 240 : 160;
+  static_assert(128 * kProducerRegs + kConsumerThreads * kConsumerRegs <= 65536,
+                "setmaxnreg split exceeds the register file");
+  // Named barriers (user ids; CUTLASS's NamedBarrier adds its 8 reserved ids, the hardware
+  // has 16): ping-pong turns on ids [0, kConsumerWarpGroups), one per warpgroup (pipeline.cuh
+  // PingPong), then the staged epilogue's ids [kConsumerWarpGroups, 2 kConsumerWarpGroups),
+  // one per warpgroup (fwd_epilogue.cuh). With 2 consumers these are ids 0-1 and 2-3, as before.
+  static constexpr uint32_t kPingPongBarrier = 0;
+  static constexpr uint32_t kEpilogueBarrier = kPingPongBarrier + kConsumerWarpGroups;
+  static_assert(kEpilogueBarrier + kConsumerWarpGroups <=
+                    cutlass::arch::NamedBarrier::HardwareMaxNumNamedBarriers -
+                    cutlass::arch::NamedBarrier::ReservedNamedBarrierCount,
+                "named barrier ids beyond the hardware's 16");
 
   static_assert(std::is_same_v<Element, cutlass::half_t> ||
                 std::is_same_v<Element, cutlass::bfloat16_t>, "fp16 or bf16 only");

@@ -47,15 +47,20 @@ __device__ __forceinline__ void release(uint64_t* empty, PipeState<kStages>& st)
   st.advance();
 }
 
-// Turn-taking of two consumer warpgroups around their wgmma issues, on two named barriers of
-// 256 threads (one per warpgroup): a warpgroup waits for its turn on its own barrier and passes
-// the turn by arriving on the other's. Warpgroup 0 gives itself the first turn. Both warpgroups
-// must take the same number of turns (they walk the same key blocks); the very last pass is
-// left pending at exit, which the hardware allows.
-template <bool kEnabled>
+// Turn-taking of the consumer warpgroups around their wgmma issues, in round-robin order
+// 0, 1, ..., kWarpGroups - 1, 0, ...: one named barrier of 256 threads per warpgroup, ids
+// kFirstId + wg. A warpgroup waits for its turn on its own barrier (128 threads) and passes the
+// turn by arriving on the next one's (the other 128). Warpgroup 0 gives itself the first turn.
+// A barrier never holds two pending arrivals: warpgroup wg can pass to wg + 1 again only after
+// its own next turn, which needs every other warpgroup, wg + 1 included, to have taken a turn.
+// With three, each warpgroup's softmax runs while the other two issue (a fixed order rather
+// than "whoever is ready" keeps the issue slots fair and deterministic).
+// Every warpgroup must take the same number of turns (they walk the same key blocks of the
+// same tiles); the very last pass is left pending at exit, which the hardware allows.
+template <bool kEnabled, int kWarpGroups, uint32_t kFirstId>
 struct PingPong {
-  static constexpr uint32_t kFirstId = 0;  // user ids; CUTLASS offsets them past its reserved ids
-  int wg;                                  // consumer warpgroup, 0 or 1
+  static_assert(!kEnabled || kWarpGroups >= 2, "turn-taking needs two warpgroups or more");
+  int wg;  // consumer warpgroup, 0 .. kWarpGroups - 1
 
   __device__ __forceinline__ void start() const {
     if constexpr (kEnabled) {
@@ -66,7 +71,11 @@ struct PingPong {
     if constexpr (kEnabled) cutlass::arch::NamedBarrier::sync(256, kFirstId + wg);
   }
   __device__ __forceinline__ void pass_turn() const {
-    if constexpr (kEnabled) cutlass::arch::NamedBarrier::arrive(256, kFirstId + (1 - wg));
+    if constexpr (kEnabled) {
+      // (Two warpgroups: written as 1 - wg, the code the shipped kernels always had.)
+      const int next = kWarpGroups == 2 ? 1 - wg : (wg + 1 == kWarpGroups ? 0 : wg + 1);
+      cutlass::arch::NamedBarrier::arrive(256, kFirstId + next);
+    }
   }
 };
 

@@ -74,8 +74,9 @@ struct Variant {
   bool bf16;
   int hdim;
   bool is_default;
-  LaunchFn launch;  // these tiles, in the given tile order
-  RunFn run;        // defaults: the library entry point (checks call it); else null
+  LaunchFn launch;    // these tiles, in the given tile order
+  RunFn run;          // defaults: the library entry point (checks call it); else null
+  bool check_extras;  // also run the extras cases (defaults, and kernels that could replace one)
 };
 
 template <class Traits>
@@ -98,14 +99,14 @@ template <typename E, int H>
 Variant default_variant() {
   using T = typename sm90::FwdDefaultTraits<E, H>::type;
   return Variant{variant_name<T>(), std::is_same_v<E, cutlass::bfloat16_t>, H, true,
-                 &launch_variant<T>, &sm90::run_fwd<E, H>};
+                 &launch_variant<T>, &sm90::run_fwd<E, H>, true};
 }
 
-template <typename E, int H, int N, int S, bool PP, int QS = 0, int SO = -1>
-Variant tuning_variant() {
-  using T = sm90::FwdTraits<E, H, N, S, PP, QS, SO>;
+template <typename E, int H, int N, int S, bool PP, int QS = 0, int SO = -1, int CWG = 2>
+Variant tuning_variant(bool check_extras = false) {
+  using T = sm90::FwdTraits<E, H, N, S, PP, QS, SO, CWG>;
   return Variant{variant_name<T>(), std::is_same_v<E, cutlass::bfloat16_t>, H, false,
-                 &launch_variant<T>, nullptr};
+                 &launch_variant<T>, nullptr, check_extras};
 }
 
 std::vector<Variant> all_variants() {
@@ -120,6 +121,13 @@ std::vector<Variant> all_variants() {
       // O stored directly from registers (no "so": the epilogue of session 2).
       tuning_variant<bf16, 128, 128, 2, true, 0, 0>(),
       tuning_variant<bf16, 64, 128, 3, true, 0, 0>(),
+      // Three consumer warpgroups at hdim 64 (192-row tiles; issue 4), candidates for the hdim-64
+      // default, so every case including the extras ones: round-robin ping-pong with 3 and 4
+      // stages, no ping-pong, and fp16. Names contain "192x".
+      tuning_variant<bf16, 64, 128, 3, true, 0, -1, 3>(true),
+      tuning_variant<bf16, 64, 128, 4, true, 0, -1, 3>(true),
+      tuning_variant<bf16, 64, 128, 3, false, 0, -1, 3>(true),
+      tuning_variant<fp16, 64, 128, 3, true, 0, -1, 3>(true),
 #endif
   };
 }
@@ -511,8 +519,8 @@ int run_checks(const std::vector<Variant>& vars, bool quick, bool extras_only) {
       {"persistent causal 3x1000 gqa4", 3, 1000, 1000, 16, 4, 0, U, 0, 1.f, false, 0},
       {"long 1x2048 gqa4", 1, 2048, 2048, 8, 2, 0, U, U, 1.f, false, 0},
   };
-  // Extras (issue 5), on the default tiles only: every feature alone and combined with
-  // causal / windows / GQA, odd sizes, rows and batches that see nothing.
+  // Extras (issue 5), on the default tiles and the variants with check_extras: every feature
+  // alone and combined with causal / windows / GQA, odd sizes, rows and batches that see nothing.
   const Case extra_cases[] = {
       with_extras({"lengths 3x300x333", 3, 300, 333, 4, 2, 0, U, U, 1.f, false, 0}, 1, 0, 0, 0, 0),
       with_extras({"lengths causal 3x300", 3, 300, 300, 2, 1, 0, U, 0, 1.f, false, 0}, 1, 0, 0, 0, 0),
@@ -541,7 +549,7 @@ int run_checks(const std::vector<Variant>& vars, bool quick, bool extras_only) {
     ++total;
   };
   for (const Variant& var : vars) {
-    if (!var.is_default) continue;
+    if (!var.check_extras) continue;
     for (const Case& c : extra_cases) check(var, c);
   }
   for (const Variant& var : vars) {
@@ -581,6 +589,29 @@ double time_ms(const Variant& var, const FwdParams& p, int section, bool snake =
   CHECK_CUDA(cudaEventDestroy(e0));
   CHECK_CUDA(cudaEventDestroy(e1));
   return reps[2];
+}
+
+// Median of 21 launches, each timed alone between two synchronizations (no back-to-back work).
+double time_isolated_ms(const Variant& var, const FwdParams& p) {
+  cudaEvent_t e0, e1;
+  CHECK_CUDA(cudaEventCreate(&e0));
+  CHECK_CUDA(cudaEventCreate(&e1));
+  for (int i = 0; i < 2; ++i) CHECK_CUDA(var.launch(p, 0, -1, true));
+  sync_or_die(var.name.c_str());
+  std::vector<float> reps;
+  for (int r = 0; r < 21; ++r) {
+    CHECK_CUDA(cudaEventRecord(e0));
+    CHECK_CUDA(var.launch(p, 0, -1, true));
+    CHECK_CUDA(cudaEventRecord(e1));
+    sync_or_die(var.name.c_str());
+    float ms;
+    CHECK_CUDA(cudaEventElapsedTime(&ms, e0, e1));
+    reps.push_back(ms);
+  }
+  std::sort(reps.begin(), reps.end());
+  CHECK_CUDA(cudaEventDestroy(e0));
+  CHECK_CUDA(cudaEventDestroy(e1));
+  return reps[10];
 }
 
 int run_bench(const std::vector<Variant>& vars) {
@@ -711,6 +742,22 @@ int run_mask_bench(const std::vector<Variant>& vars) {
     double window_pairs = 0;
     for (int i = 0; i < t; ++i) window_pairs += std::min(i, 1024) + 1;
     const double tt = double(t) * t, doc = 2048.0;
+    // Diagnosis of the window's per-tile cost: every tile walks 9 (16) unmasked key blocks, as
+    // many as a window-1024 (document) tile, with no element mask.
+    FwdParams keys_1152 = base, keys_2048 = base, window_mqa = window;
+    window_mqa.n_kv = 1;  // every head reads head 0's K/V: 8 MB, L2-resident
+    window_mqa.group = heads;
+    keys_1152.s = 1152;
+    keys_2048.s = 2048;
+    // The 8 documents as a batch of 8 sequences of 2k: no extras (batch), and the extras kernel
+    // with lengths = 2k (batch_len: no segment scan).
+    FwdParams batch = base;
+    batch.b = 8; batch.t = batch.s = 2048;
+    batch.q_batch_stride = batch.k_batch_stride = batch.v_batch_stride = batch.o_batch_stride =
+        int64_t(2048) * heads * h;
+    std::vector<int32_t> lens8(8, 2048);
+    FwdParams batch_len = batch;
+    batch_len.extra.q_seqlen = batch_len.extra.kv_seqlen = upload(lens8, alloc);
     const MaskCase cases[] = {
         {"dense", base, tt, false},
         {"dense_causal", causal(base), t * (t + 1.0) / 2, true},
@@ -721,11 +768,45 @@ int run_mask_bench(const std::vector<Variant>& vars) {
         {"lengths_full", lengths_full, tt, false},
         {"softcap", softcap, tt, false},
         {"bias", biased, tt, false},
+        {"keys_1152", keys_1152, t * 1152.0, false},
+        {"keys_2048", keys_2048, t * 2048.0, false},
+        {"window_mqa", window_mqa, window_pairs, true},
+        {"batch_8x2k", batch, 8 * doc * doc, false},
+        {"batch_len_8x2k", batch_len, 8 * doc * doc, false},
     };
+    // SM90_PROFILE_CASE=<case>: launch that case three times, untimed (for ncu), and stop.
+    if (const char* only = std::getenv("SM90_PROFILE_CASE")) {
+      for (const MaskCase& c : cases) {
+        if (std::strcmp(c.name, only) != 0) continue;
+        for (int i = 0; i < 3; ++i) CHECK_CUDA(var.launch(c.p, 0, -1, true));
+        sync_or_die(var.name.c_str());
+        std::printf("profiled %s on %s\n", only, var.name.c_str());
+      }
+      for (void* ptr : allocs) CHECK_CUDA(cudaFree(ptr));
+      continue;
+    }
+    // SM90_MASK_CASES=a,b,a,...: these cases in this order (repeats allowed: order effects of
+    // power and clocks); SM90_ISOLATED=1: each launch timed alone (synchronized), not 10 in a row.
+    std::vector<const MaskCase*> order;
+    if (const char* list = std::getenv("SM90_MASK_CASES")) {
+      std::string names = std::string(list) + ",";
+      for (size_t at = 0, comma; (comma = names.find(',', at)) != std::string::npos; at = comma + 1) {
+        for (const MaskCase& c : cases) {
+          if (names.compare(at, comma - at, c.name) == 0 && std::strlen(c.name) == comma - at) {
+            order.push_back(&c);
+          }
+        }
+      }
+    } else {
+      for (const MaskCase& c : cases) order.push_back(&c);
+    }
+    const bool isolated = std::getenv("SM90_ISOLATED") != nullptr;
     double dense = 0, dense_causal = 0;
     std::printf("%-24s %-14s %9s %9s %7s\n", "variant", "case", "ms", "TFLOP/s", "of dense");
-    for (const MaskCase& c : cases) {
-      const double ms = time_ms(var, c.p, -1);
+    for (const MaskCase* cp : order) {
+      const MaskCase& c = *cp;
+      const char* sec = std::getenv("SM90_SECTION");  // tile order: 0 rows first, n heavy
+      const double ms = isolated ? time_isolated_ms(var, c.p) : time_ms(var, c.p, sec ? std::atoi(sec) : -1);
       const double tflops = 4.0 * heads * c.pairs * h / ms * 1e-9;
       if (std::strcmp(c.name, "dense") == 0) dense = tflops;
       if (std::strcmp(c.name, "dense_causal") == 0) dense_causal = tflops;
