@@ -9,7 +9,8 @@
 // (scheduler.cuh):
 //   warpgroup 0   producer: drops to 24 registers; one thread issues every TMA load
 //                 (fwd_mainloop.cuh load()) into the Q buffer and the K and V stage rings.
-//   warpgroups 1..kConsumerWarpGroups  consumers (2; 3 at hdim 64 as an option): raised to
+//   warpgroups 1..kConsumerWarpGroups  consumers (2; 3 in hdim 64's wide tiles, fwd_traits.h
+//                 use_wide_tiles): raised to
 //                 240 registers (160 with three); each owns 64 query rows of the tile:
 //                 S = Q K^T and O += P V on wgmma, online softmax in registers
 //                 (fwd_mainloop.cuh consume()), then O through a shared-memory staging tile

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 #include "params.h"
 #include "sm90/fwd_kernel.cuh"
@@ -70,14 +71,16 @@ inline int tile_section(const AttnParams& p, int64_t num_m_blocks) {
   return int(std::max<int64_t>(int64_t(p.b) * p.n, 1));
 }
 
+// One kernel of a traits (kExtras: has_extras(p.extra), checked by the caller).
 // section: the tile order (scheduler.cuh), or -1 for tile_section()'s choice; snake: odd
 // rounds backwards (scheduler.cuh; false only for tests/cuda's comparison).
-template <class Traits>
-cudaError_t launch_fwd(const FwdParams& p, cudaStream_t stream, int section, bool snake = true) {
+template <class Traits, bool kExtras>
+cudaError_t launch_fwd_kernel(const FwdParams& p, cudaStream_t stream, int section, bool snake) {
   using Element = typename Traits::Element;
   if (p.h <= 0 || p.h % 8 != 0 || p.h > Traits::kHeadDim || p.hv != p.h || p.b < 0 || p.t < 0 ||
       p.s < 0 || p.n <= 0 || p.n_kv <= 0 || p.group <= 0 || p.n != p.n_kv * p.group ||
-      p.window_left < 0 || p.window_right < 0 || !extras_consistent(p)) {
+      p.window_left < 0 || p.window_right < 0 || !extras_consistent(p) ||
+      has_extras(p.extra) != kExtras) {
     return cudaErrorInvalidValue;
   }
   if (p.b == 0 || p.t == 0) return cudaSuccess;
@@ -117,7 +120,7 @@ cudaError_t launch_fwd(const FwdParams& p, cudaStream_t stream, int section, boo
                    : tile_section(p, num_m_blocks),
       snake};
 
-  auto kernel = has_extras(p.extra) ? &fwd_kernel<Traits, true> : &fwd_kernel<Traits, false>;
+  auto kernel = &fwd_kernel<Traits, kExtras>;
   constexpr int kSmem = Traits::kSmemBytes;
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
   if (err != cudaSuccess) return err;
@@ -126,9 +129,22 @@ cudaError_t launch_fwd(const FwdParams& p, cudaStream_t stream, int section, boo
   return cudaGetLastError();
 }
 
+// Both kernels of a traits, picked by the call's extras (tests/cuda tries tiles with this).
+template <class Traits>
+cudaError_t launch_fwd(const FwdParams& p, cudaStream_t stream, int section, bool snake = true) {
+  return has_extras(p.extra) ? launch_fwd_kernel<Traits, true>(p, stream, section, snake)
+                             : launch_fwd_kernel<Traits, false>(p, stream, section, snake);
+}
+
+// The library's entry: the default traits, or the wide tiles (fwd_traits.h) where
+// use_wide_tiles() picks them; the wide tiles' extras kernel is never instantiated.
 template <typename Element, int kHeadDim>
 cudaError_t run_fwd(const FwdParams& params, cudaStream_t stream) {
   using Traits = typename FwdDefaultTraits<Element, kHeadDim>::type;
+  using Wide = typename FwdWideTraits<Element, kHeadDim>::type;
+  if constexpr (!std::is_void_v<Wide>) {
+    if (use_wide_tiles(params)) return launch_fwd_kernel<Wide, false>(params, stream, -1, true);
+  }
   return launch_fwd<Traits>(params, stream, -1);
 }
 

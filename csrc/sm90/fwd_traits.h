@@ -17,6 +17,7 @@
 #include <cutlass/arch/barrier.h>
 #include <cutlass/numeric_types.h>
 
+#include "common/mask.h"
 #include "params.h"
 
 namespace jax_flash::sm90 {
@@ -239,5 +240,30 @@ template <typename Element>
 struct FwdDefaultTraits<Element, 256> {
   using type = FwdTraits<Element, 256, 64, 2, false>;
 };
+
+// Wide tiles: three consumer warpgroups, 192 x 128 tiles, 3 stages, ping-pong (hdim 64 only;
+// void elsewhere). Taken by run_fwd (fwd_launch.cuh) where use_wide_tiles() says so.
+template <typename Element, int kHeadDim>
+struct FwdWideTraits {
+  using type = void;
+};
+template <typename Element>
+struct FwdWideTraits<Element, 64> {
+  using type = FwdTraits<Element, 64, 128, 3, true, 0, -1, 3>;
+};
+
+// Wide tiles for calls without extras and without a left window edge, except causal (or
+// right-bounded) ones of at most 2k queries. H200, bf16 hdim 64, 16k tokens, same run,
+// TFLOP/s of 192 x 128 over the 128 x 128 default at seqlen 512/1k/2k/4k/8k/16k:
+//   non-causal 1.04/1.05/1.17/1.13/1.18/1.17; causal 0.80/0.80/0.98/1.11/1.20/1.17
+//   (short causal rows: 192-row tiles waste more of the diagonal and balance worse);
+//   window 1024 at 16k 0.56 of dense against 0.68 (a 192-row band spans 10-11 key blocks of
+//   128 for 8 blocks of visible work, the 128-row band 9); the extras kernel with three
+//   consumers spills 1,338 bytes (ptxas), with two none.
+inline bool use_wide_tiles(const AttnParams& p) {
+  constexpr int kMinCausalRows = 2049;
+  return !has_extras(p.extra) && p.window_left == kUnbounded &&
+         (p.window_right == kUnbounded || p.t >= kMinCausalRows);
+}
 
 }  // namespace jax_flash::sm90
