@@ -152,16 +152,27 @@ def fwd_flops(b: int, n: int, t: int, h: int, causal: bool) -> float:
 
 def time_per_call(fn, args, warmup=WARMUP, repeats=REPEATS, calls=CALLS):
   """Median seconds per call (protocol above) and the last call's output."""
-  for _ in range(warmup):
-    out = jax.block_until_ready(fn(*args))
-  times = []
+  (sec, out), = time_alternating([(fn, args)], warmup, repeats, calls)
+  return sec, out
+
+
+def time_alternating(runs, warmup=WARMUP, repeats=REPEATS, calls=CALLS):
+  """time_per_call of several (fn, args) at once, their repeats taken in turn: a GPU's clocks
+  drop after power-heavy work and recover when it idles, so numbers that will be divided by
+  each other are best taken under the same clocks. Returns [(median seconds, last output)]."""
+  outs = [None] * len(runs)
+  for i, (fn, args) in enumerate(runs):
+    for _ in range(warmup):
+      outs[i] = jax.block_until_ready(fn(*args))
+  times = [[] for _ in runs]
   for _ in range(repeats):
-    start = time.perf_counter()
-    for _ in range(calls):
-      out = fn(*args)
-    jax.block_until_ready(out)
-    times.append((time.perf_counter() - start) / calls)
-  return statistics.median(times), out
+    for i, (fn, args) in enumerate(runs):
+      start = time.perf_counter()
+      for _ in range(calls):
+        outs[i] = fn(*args)
+      jax.block_until_ready(outs[i])
+      times[i].append((time.perf_counter() - start) / calls)
+  return [(statistics.median(t), out) for t, out in zip(times, outs)]
 
 
 def failure_reason(e: Exception) -> str:

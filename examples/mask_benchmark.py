@@ -13,8 +13,11 @@ TFLOP/s and one that computes them and throws them away drops in proportion:
   softcap / bias  dense with softcap 30 / a [1, N, 1, S] bias (the per-element path)
 
 Each row prints fwd and bwd TFLOP/s and their fraction of the dense non-causal row (the
-causal variants also of the dense causal row) in the same run; on Hopper both forward
-families run (columns sm90, sm80; the backward is shared). Writes JSON to --out.
+causal variants also of the dense causal row). The dense rows a case is divided by are timed
+again with it, repeat by repeat in turn (benchmark.time_alternating): the GPU's clocks fall
+after power-heavy work (dense fwd+bwd) and recover when it idles, which moved a ratio taken
+minutes apart by up to 10% (H200, tests/cuda/sm90_notes.md). On Hopper both forward families
+run (columns sm90, sm80; the backward is shared). Writes JSON to --out.
 
   python examples/mask_benchmark.py                 # GPU
   python examples/mask_benchmark.py --smoke         # CPU, the "xla" path, tiny shapes
@@ -63,7 +66,7 @@ def main(argv=None):
   args = p.parse_args(argv)
 
   sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-  from benchmark import time_per_call
+  from benchmark import time_alternating
   from tqdm import tqdm
 
   import jax_flash
@@ -77,46 +80,64 @@ def main(argv=None):
   keys = jax.random.split(jax.random.key(0), 5)
   q, k, v, dout = (jax.random.normal(key, (1, t, n, h), jnp.bfloat16) for key in keys[:4])
   per_key_bias = jax.random.normal(keys[4], (1, n, 1, t), jnp.float32)
+  fwd_args, both_args = (q, k, v), (q, k, v, dout)
 
   from jax_flash import _cuda
-  rows = []
-  table = cases(t, docs, window)
-  for name, (kw, pairs, causal) in tqdm(table.items(), unit="case"):
+
+  def compiled(kw, arch):
+    """The case's forward and forward+backward, compiled with kernel family `arch`."""
     kw = dict(kw)
     if kw.get("bias") == "per_key":
       kw["bias"] = per_key_bias
-    flops = 4.0 * pairs * n * h
+
+    def attn(q, k, v):
+      return jax_flash.attention(q, k, v, implementation=impl, **kw)
+
+    def fwd_bwd(q, k, v, dout):
+      out, vjp = jax.vjp(attn, q, k, v)
+      return out, vjp(dout)
+
+    with _cuda.force_arch(arch) if arch else contextlib.nullcontext():
+      return (jax.jit(attn).lower(*fwd_args).compile(),
+              jax.jit(fwd_bwd).lower(*both_args).compile())
+
+  table = cases(t, docs, window)
+  flops = {name: 4.0 * pairs * n * h for name, (_, pairs, _) in table.items()}
+  refs = {arch: {name: compiled(table[name][0], arch) for name in ("dense", "dense_causal")}
+          for arch in archs}
+  rows = []
+  for name, (kw, pairs, causal) in tqdm(table.items(), unit="case"):
     for arch in archs:
-      def attn(q, k, v):
-        return jax_flash.attention(q, k, v, implementation=impl, **kw)
-
-      def fwd_bwd(q, k, v, dout):
-        out, vjp = jax.vjp(attn, q, k, v)
-        return out, vjp(dout)
-
-      ctx = _cuda.force_arch(arch) if arch else contextlib.nullcontext()
-      with ctx:
-        fwd_s, _ = time_per_call(jax.jit(attn), (q, k, v))
-        both_s, _ = time_per_call(jax.jit(fwd_bwd), (q, k, v, dout))
-      rows.append(dict(case=name, arch=arch, causal_baseline=causal, visible_pairs=pairs,
-                       fwd_ms=fwd_s * 1e3, bwd_ms=(both_s - fwd_s) * 1e3,
-                       fwd_tflops=flops / fwd_s / 1e12,
-                       bwd_tflops=2.5 * flops / max(both_s - fwd_s, 1e-9) / 1e12))
+      fns = refs[arch][name] if name in refs[arch] else compiled(kw, arch)
+      # Each case is timed in turn with the dense rows it is divided by (time_alternating).
+      bases = [b for b in ("dense", "dense_causal") if b != name and (causal or b == "dense")]
+      group = [fns] + [refs[arch][b] for b in bases]
+      fwd = [sec for sec, _ in time_alternating([(g[0], fwd_args) for g in group])]
+      both = [sec for sec, _ in time_alternating([(g[1], both_args) for g in group])]
+      row = dict(case=name, arch=arch, causal_baseline=causal, visible_pairs=pairs)
+      for label, f, b, fl in zip([name] + bases, fwd, both, [flops[name]] + [flops[x] for x in bases]):
+        prefix = "" if label == name else f"{label}_"
+        row[f"{prefix}fwd_tflops"] = fl / f / 1e12
+        row[f"{prefix}bwd_tflops"] = 2.5 * fl / max(b - f, 1e-9) / 1e12
+        if label == name:
+          row.update(fwd_ms=f * 1e3, bwd_ms=(b - f) * 1e3)
+      for d in ("fwd", "bwd"):
+        for base in ("dense", "dense_causal"):
+          ref = row[f"{d}_tflops"] if base == name else row.get(f"{base}_{d}_tflops")
+          if ref is not None:
+            row[f"{d}_frac_{base}"] = row[f"{d}_tflops"] / ref
+      rows.append(row)
 
   device = jax.devices()[0].device_kind
   print(f"\n{device}, T=S={t}, N={n}, H={h}, bf16; TFLOP/s over visible pairs "
-        f"(fraction of dense | of dense causal)")
+        f"(fraction of dense | of dense causal, each timed in turn with the case)")
   print(f"{'case':>16} {'fwd':>5} {'visible':>8} {'fwd TF/s':>9} {'frac':>12} "
         f"{'bwd TF/s':>9} {'frac':>12}")
-  base = {(r["case"], r["arch"]): r for r in rows}
   for r in rows:
-    dense, dense_c = base[("dense", r["arch"])], base[("dense_causal", r["arch"])]
     fracs = {}
     for d in ("fwd", "bwd"):
-      f = r[f"{d}_tflops"] / dense[f"{d}_tflops"]
-      fc = r[f"{d}_tflops"] / dense_c[f"{d}_tflops"]
-      r[f"{d}_frac_dense"], r[f"{d}_frac_dense_causal"] = f, fc
-      fracs[d] = f"{f:.2f}" + (f" | {fc:.2f}" if r["causal_baseline"] else "")
+      fracs[d] = f"{r[f'{d}_frac_dense']:.2f}" + (
+          f" | {r[f'{d}_frac_dense_causal']:.2f}" if r["causal_baseline"] else "")
     arch = f"sm{r['arch']}" if r["arch"] else impl
     print(f"{r['case']:>16} {arch:>5} {r['visible_pairs'] / t / t:>7.1%} "
           f"{r['fwd_tflops']:>9.4g} {fracs['fwd']:>12} {r['bwd_tflops']:>9.4g} "
