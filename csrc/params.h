@@ -21,9 +21,12 @@ enum class DType : int32_t { kFloat16 = 0, kBFloat16 = 1 };
 // kUnbounded on either side means no limit on that side.
 inline constexpr int32_t kUnbounded = 1 << 30;
 
-// Segment ids are summarized per chunk of kSegmentChunk rows (keys) as the (min, max) id of
-// the chunk, computed by XLA before the call (jax_flash/_cuda.py): a kernel tests whether a
-// (query tile, key tile) pair can hold a matching pair from a few loads, and skips it if not.
+// Segment ids are summarized per chunk of kSegmentChunk rows (keys) as (min id, max id, lo, hi),
+// computed by XLA before the call (jax_flash/_cuda.py segment_ranges): [lo, hi) are the chunks
+// of the other side (keys for a query chunk, queries for a key chunk) that may hold an id in
+// [min id, max id]; none outside does. Exact for sorted ids (packed documents), a superset for
+// any ids. A kernel clips its walk to [lo, hi) and tests whether a (query tile, key tile) pair
+// can hold a matching pair from the (min, max) ids, skipping it if not.
 // Every kernel tile edge is a multiple of 16.
 inline constexpr int kSegmentChunk = 16;
 
@@ -36,8 +39,8 @@ struct ExtraParams {
   const int32_t* kv_seqlen;         // [B]
   const int32_t* q_segment_ids;     // [B, T]  (both segment arrays or neither)
   const int32_t* kv_segment_ids;    // [B, S]
-  const int32_t* q_segment_range;   // [B, q_chunks, 2] (min, max) id of each chunk
-  const int32_t* kv_segment_range;  // [B, kv_chunks, 2]
+  const int32_t* q_segment_range;   // [B, q_chunks, 4] (min id, max id, lo, hi) per chunk,
+  const int32_t* kv_segment_range;  // [B, kv_chunks, 4]   16-byte aligned (int4 reads)
   int32_t q_chunks, kv_chunks;      // ceil(T / kSegmentChunk), ceil(S / kSegmentChunk)
   const float* bias;                // [B|1, N|1, T|1, S|1] float32
   const uint8_t* mask;              // [B|1, N|1, T|1, S|1] bool (1 byte), false hides

@@ -8,7 +8,7 @@ q [B,T,N,H], k [B,S,K,H], v [B,S,K,Hv], out [B,T,N,Hv], lse [B,N,T] float32.
 
 The extras (bias, mask, lengths, segment ids) follow q, k, v as further operands in a fixed
 order, named by the "extras" bit set (csrc/ffi/handlers.cc ExtraBit); segment ids travel with
-their per-chunk (min, max) summaries, which the kernels use to skip tiles that cannot match.
+their per-chunk summaries (segment_ranges), which the kernels use to skip tiles that cannot match.
 """
 
 from __future__ import annotations
@@ -155,12 +155,28 @@ _BIAS, _MASK, _Q_SEQLEN, _KV_SEQLEN, _SEGMENTS = 1, 2, 4, 8, 16
 SEGMENT_CHUNK = 16  # csrc/params.h kSegmentChunk
 
 
-def segment_ranges(ids):
-  """[B, L] int32 segment ids -> [B, ceil(L / 16), 2] (min, max) id of each 16-chunk."""
-  pad = -ids.shape[1] % SEGMENT_CHUNK
-  chunks = jnp.pad(ids, ((0, 0), (0, pad)), mode="edge").reshape(ids.shape[0], -1,
-                                                                 SEGMENT_CHUNK)
-  return jnp.stack([chunks.min(-1), chunks.max(-1)], axis=-1)
+def segment_ranges(ids, other_ids):
+  """Per-chunk summaries of one side's segment ids against the other side's.
+
+  ids [B, L], other_ids [B, L2] int32 -> [B, ceil(L / 16), 4] int32: for each 16-chunk c of
+  `ids`, (min id, max id, lo, hi), where [lo, hi) are the chunks of `other_ids` that can hold
+  an id in [min id, max id]; every other chunk of `other_ids` holds none (csrc/params.h).
+  Exact for sorted ids (packed documents); a superset for any ids, through monotone envelopes
+  of the other side: chunks before lo hold only ids < min id (running max from the left),
+  chunks from hi on only ids > max id (running min from the right).
+  """
+  def chunk_min_max(x):
+    pad = -x.shape[1] % SEGMENT_CHUNK
+    chunks = jnp.pad(x, ((0, 0), (0, pad)), mode="edge").reshape(x.shape[0], -1, SEGMENT_CHUNK)
+    return chunks.min(-1), chunks.max(-1)
+
+  lo_id, hi_id = chunk_min_max(ids)
+  other_min, other_max = chunk_min_max(other_ids)
+  max_before = jax.lax.cummax(other_max, axis=1)  # nondecreasing along the chunks
+  min_after = jax.lax.cummin(other_min, axis=1, reverse=True)  # nondecreasing too
+  lo = jax.vmap(lambda env, v: jnp.searchsorted(env, v, side="left"))(max_before, lo_id)
+  hi = jax.vmap(lambda env, v: jnp.searchsorted(env, v, side="right"))(min_after, hi_id)
+  return jnp.stack([lo_id, hi_id, lo.astype(jnp.int32), hi.astype(jnp.int32)], axis=-1)
 
 
 def _extra_operands(extras: Extras) -> tuple[list, int]:
@@ -179,7 +195,7 @@ def _extra_operands(extras: Extras) -> tuple[list, int]:
   if extras.q_segment_ids is not None:
     q_ids = extras.q_segment_ids.astype(jnp.int32)
     kv_ids = extras.kv_segment_ids.astype(jnp.int32)
-    operands += [q_ids, kv_ids, segment_ranges(q_ids), segment_ranges(kv_ids)]
+    operands += [q_ids, kv_ids, segment_ranges(q_ids, kv_ids), segment_ranges(kv_ids, q_ids)]
     bits |= _SEGMENTS
   return operands, bits
 

@@ -69,8 +69,9 @@ struct Window {
 // Host side, for every launcher: does the call carry any extra (then the kernels run their
 // extras instantiation), and do the extras satisfy what the kernels trust without checking:
 // segment ids on both sides with their chunk ranges of ceil(T / 16) and ceil(S / 16) chunks,
-// per_element wherever bias, mask or softcap is present (else tiles would skip them), and a
-// finite softcap >= 0. The FFI handler guarantees all of it; direct callers (tests/cuda) may not.
+// 16-byte aligned (sm90 reads a chunk's 4 ints at once), per_element wherever bias, mask or
+// softcap is present (else tiles would skip them), and a finite softcap >= 0. The FFI handler
+// guarantees all of it; direct callers (tests/cuda) may not.
 inline bool has_extras(const ExtraParams& e) {
   return e.q_seqlen || e.kv_seqlen || e.q_segment_ids || e.bias || e.mask || e.softcap != 0.f ||
          e.per_element;
@@ -84,7 +85,9 @@ inline bool extras_consistent(const AttnParams& p) {
     return false;
   }
   if (segments && (e.q_chunks != (int64_t(p.t) + kSegmentChunk - 1) / kSegmentChunk ||
-                   e.kv_chunks != (int64_t(p.s) + kSegmentChunk - 1) / kSegmentChunk)) {
+                   e.kv_chunks != (int64_t(p.s) + kSegmentChunk - 1) / kSegmentChunk ||
+                   reinterpret_cast<uintptr_t>(e.q_segment_range) % 16 != 0 ||
+                   reinterpret_cast<uintptr_t>(e.kv_segment_range) % 16 != 0)) {
     return false;
   }
   if ((e.bias || e.mask || e.softcap != 0.f) && !e.per_element) return false;
@@ -96,8 +99,9 @@ inline bool extras_consistent(const AttnParams& p) {
 //   1. lengths shrink the problem: rows >= valid_rows and keys >= valid_keys see nothing, so
 //      kernels pass valid_keys where they passed S to Window, and treat a tile holding rows
 //      >= valid_rows as an edge tile (those rows end with O = 0, lse = -inf);
-//   2. segments skip whole tiles (spans_meet) and drop the element test on tiles that hold
-//      one shared id (spans_all_match), from the per-chunk (min, max) ids;
+//   2. segments narrow the walk to the other side's chunks that may match (row_partners,
+//      key_partners), skip whole tiles (spans_meet) and drop the element test on tiles that
+//      hold one shared id (spans_all_match), from the per-chunk (min, max) ids;
 //   3. per_element (bias, mask, softcap): every tile runs the element path.
 // A tile needs the element path iff  per_element() || it crosses a window edge, valid_keys
 // or valid_rows || (has_segments() && !spans_all_match(...)). On that path, visible() says
@@ -125,10 +129,21 @@ struct Extras {
 
   // (min, max) segment id over rows [lo, hi) / keys [lo, hi) (non-empty), from the chunks.
   __device__ __forceinline__ int2 row_span(int lo, int hi) const {
-    return span(e->q_segment_range, e->q_chunks, lo, hi);
+    return merged(e->q_segment_range, e->q_chunks, lo, hi, 0);
   }
   __device__ __forceinline__ int2 key_span(int lo, int hi) const {
-    return span(e->kv_segment_range, e->kv_chunks, lo, hi);
+    return merged(e->kv_segment_range, e->kv_chunks, lo, hi, 0);
+  }
+  // The keys that may share an id with rows [lo, hi) (non-empty): no key outside does.
+  // Not clipped to S or valid_keys.
+  __device__ __forceinline__ Range row_partners(int lo, int hi) const {
+    const int2 c = merged(e->q_segment_range, e->q_chunks, lo, hi, 1);
+    return Range{c.x * kSegmentChunk, c.y * kSegmentChunk};
+  }
+  // The rows that may share an id with keys [lo, hi) (non-empty); not clipped to T.
+  __device__ __forceinline__ Range key_partners(int lo, int hi) const {
+    const int2 c = merged(e->kv_segment_range, e->kv_chunks, lo, hi, 1);
+    return Range{c.x * kSegmentChunk, c.y * kSegmentChunk};
   }
   // False only when no row of `rows` can share an id with a key of `keys`: skip the tile.
   __device__ __forceinline__ static bool spans_meet(int2 rows, int2 keys) {
@@ -172,11 +187,15 @@ struct Extras {
   }
 
  private:
-  __device__ __forceinline__ int2 span(const int32_t* range, int chunks, int lo, int hi) const {
-    const int2* r = reinterpret_cast<const int2*>(range) + int64_t(b) * chunks;
-    int2 out = r[lo / kSegmentChunk];
+  // One half of the chunk summaries (params.h: (min id, max id) = half 0, the other side's
+  // chunk range (lo, hi) = half 1) over the chunks of [lo, hi) (non-empty), merged as
+  // (min of the first ints, max of the second ints). 8-byte loads: callers need one half.
+  __device__ __forceinline__ int2 merged(const int32_t* range, int count, int lo, int hi,
+                                         int half) const {
+    const int2* r = reinterpret_cast<const int2*>(range) + 2 * (int64_t(b) * count) + half;
+    int2 out = r[2 * (lo / kSegmentChunk)];
     for (int c = lo / kSegmentChunk + 1; c <= (hi - 1) / kSegmentChunk; ++c) {
-      const int2 x = r[c];
+      const int2 x = r[2 * c];
       out.x = Window::min_(out.x, x.x);
       out.y = Window::max_(out.y, x.y);
     }

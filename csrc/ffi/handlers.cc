@@ -276,8 +276,8 @@ ffi::Error decode_extras(const char* target, const ffi::RemainingArgs& args, int
     const std::tuple<const char*, Shape, const int32_t**> segments[] = {
         {"q_segment_ids", concat(lead, {p.t}), &x.q_segment_ids},
         {"kv_segment_ids", concat(lead, {p.s}), &x.kv_segment_ids},
-        {"q_segment_range", concat(lead, {x.q_chunks, 2}), &x.q_segment_range},
-        {"kv_segment_range", concat(lead, {x.kv_chunks, 2}), &x.kv_segment_range}};
+        {"q_segment_range", concat(lead, {x.q_chunks, 4}), &x.q_segment_range},
+        {"kv_segment_range", concat(lead, {x.kv_chunks, 4}), &x.kv_segment_range}};
     for (const auto& [name, shape, data] : segments) {
       if (auto e = take_s32(name, shape, *data); e.failure()) return e;
     }

@@ -283,7 +283,8 @@ __device__ __forceinline__ void load_tile(uint32_t dst, const Element* src, int6
 // products of every step (240 bytes, hdim 128 Sm90Config, sm_90), which cost the packed-
 // document case 9% (H200: 240 -> 263 TFLOP/s after the split). ptxas now, spill stores /
 // loads in bytes, sm_90 Sm90Config: hdim 64 kMasks 8 / 20, kLogits 48 / 36; hdim 128 kMasks
-// 36 / 52 (loop scalars, ~8 LDL per step), kLogits 192 / 140; hdim 256 none.
+// 0 / 0, kLogits 136 / 104 (36 / 52 and 192 / 140 before the segment scan was clipped to the
+// keys' partner rows: register allocation moves with small changes); hdim 256 none.
 enum BwdExtras : int {
   kNoExtras = 0,
   kMasks = 1,   // lengths, segment ids, dense mask: visibility only
@@ -384,6 +385,11 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm)
   if constexpr (kExtras != kNoExtras) {
     if (ex.has_segments() && num_m > 0) {
       key_span = ex.key_span(n_start, n_start + n_valid);
+      // Only the query chunks that may match the keys (for packed documents, the keys'
+      // documents) are scanned.
+      const Range partners = ex.key_partners(n_start, n_start + n_valid);
+      const int scan_begin = max(m_begin, partners.lo / kBr);
+      const int scan_end = min(m_end, (partners.hi + kBr - 1) / kBr);
       // Reduced in the P tile, which the first step writes only after its barrier.
       int* scan = reinterpret_cast<int*>(smem + Cfg::kSmemP);
       if (tid == 0) {
@@ -393,7 +399,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm)
       }
       __syncthreads();
       int lo = m_end, hi = m_begin - 1, count = 0;
-      for (int m = m_begin + tid; m < m_end; m += kThreads) {
+      for (int m = scan_begin + tid; m < scan_end; m += kThreads) {
         if (block_meets(m)) {
           lo = min(lo, m);
           hi = max(hi, m);

@@ -168,9 +168,13 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   if constexpr (kExtras) {
     if (ex.has_segments()) {
       row_ids = ex.row_span(row0, row0 + rows_valid);
-      // First and last tiles that can hold a matching pair, all threads at once. The bounds
-      // sit at the end of the last V buffer, which the loop's first barrier separates from its
-      // first load.
+      // First and last tiles that can hold a matching pair, all threads at once, among the
+      // key chunks that may match the rows (for packed documents, the rows' documents). The
+      // bounds sit at the end of the last V buffer, which the loop's first barrier separates
+      // from its first load.
+      const Range partners = ex.row_partners(row0, row0 + rows_valid);
+      const int scan_first = max(n_block_first, partners.lo / kBlockN);
+      const int scan_last = min(n_block_last, ceil_div(partners.hi, kBlockN) - 1);
       int* visit_bounds = reinterpret_cast<int*>(smem + Traits::kSmemBytes) - 2;
       if (tid == 0) {
         visit_bounds[0] = INT_MAX;
@@ -178,7 +182,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
       }
       __syncthreads();
       int lo = INT_MAX, hi = -1;
-      for (int n = n_block_first + tid; n <= n_block_last; n += Traits::kNThreads) {
+      for (int n = scan_first + tid; n <= scan_last; n += Traits::kNThreads) {
         const int2 key_ids = ex.key_span(n * kBlockN, min((n + 1) * kBlockN, key_end));
         if (Extras::spans_meet(row_ids, key_ids)) {
           lo = min(lo, n);

@@ -98,10 +98,12 @@ __device__ __forceinline__ KeyBlocks key_blocks(const AttnParams& p, int m_block
 }
 
 // The key blocks of one tile under extras (mask.h Extras): the range comes from the rows below
-// valid_rows and the keys below valid_keys; with segment ids, a block is visited only if one of
-// its 16-key chunks has an id range that meets the tile's row id range (both sides call next(),
-// so they agree on the sequence). Rows >= valid_rows are left to the epilogue (O = 0,
-// lse = -inf), so they never force the element path.
+// valid_rows and the keys below valid_keys; with segment ids, it is clipped to the key chunks
+// that may match the tile's row chunks (params.h: for packed documents, exactly the tile's
+// documents), and a block is visited only if one of its 16-key chunks has an id range that
+// meets the tile's row id range (both sides call next(), so they agree on the sequence).
+// Rows >= valid_rows are left to the epilogue (O = 0, lse = -inf), so they never force the
+// element path.
 // Warp-collective: every lane of a warp constructs it and calls next() with the same values.
 // The segment tests run 32 blocks at a time (each lane loads one block's chunk ranges; ballots
 // keep the answers as bit masks), so walking or skipping blocks costs one round of loads per 32
@@ -124,24 +126,32 @@ struct ExtraKeyBlocks : KeyBlocks {
     const int row_end = min(row0 + kBlockM, ext.valid_rows);
     if (row0 >= row_end) return;
     const Window window{p.window_left, p.window_right};
-    const Range keys = window.keys_of_rows(row0, row_end, ext.valid_keys);
+    Range keys = window.keys_of_rows(row0, row_end, ext.valid_keys);
     if (keys.empty()) return;
+    if (ext.has_segments()) {
+      // Row chunk c0 + lane, reduced over the warp: the tile's id span, and the key chunks
+      // that may match it (one load round). Clipping the walk to those chunks is what makes
+      // packed documents cheap: the scan below starts at the document's last block.
+      const int lane = threadIdx.x % 32, c0 = row0 / kSegmentChunk;
+      int4 r = int4{INT_MAX, INT_MIN, INT_MAX, INT_MIN};
+      if (c0 + lane <= (row_end - 1) / kSegmentChunk) {
+        r = reinterpret_cast<const int4*>(ext.e->q_segment_range)
+            [int64_t(ext.b) * ext.e->q_chunks + c0 + lane];
+      }
+      row_ids = int2{__reduce_min_sync(0xffffffffu, r.x), __reduce_max_sync(0xffffffffu, r.y)};
+      const int chunk_lo = __reduce_min_sync(0xffffffffu, r.z);
+      const int chunk_hi = __reduce_max_sync(0xffffffffu, r.w);
+      // Chunk indices are < 2^27, so the products do not overflow.
+      keys.lo = max(keys.lo, chunk_lo * kSegmentChunk);
+      keys.hi = min(keys.hi, chunk_hi * kSegmentChunk);
+      if (keys.empty()) return;
+    }
     const Range all = window.keys_of_all_rows(row0, row_end, ext.valid_keys);
     n_lo = keys.lo / kBlockN;
     n_hi = ceil_div(keys.hi, kBlockN) - 1;
     unmasked_lo = ceil_div(all.lo, kBlockN);
     unmasked_hi = all.hi / kBlockN - 1;
     if (ext.has_segments()) {
-      // Row chunk c0 + lane, reduced over the warp.
-      const int lane = threadIdx.x % 32, c0 = row0 / kSegmentChunk;
-      int lo = INT_MAX, hi = INT_MIN;
-      if (c0 + lane <= (row_end - 1) / kSegmentChunk) {
-        const int2 r = reinterpret_cast<const int2*>(ext.e->q_segment_range)
-            [int64_t(ext.b) * ext.e->q_chunks + c0 + lane];
-        lo = r.x;
-        hi = r.y;
-      }
-      row_ids = int2{__reduce_min_sync(0xffffffffu, lo), __reduce_max_sync(0xffffffffu, hi)};
       top = n_hi + 33;       // an empty cache above the range: the first next() fills it
       n_hi = next(n_hi + 1);  // n_hi < n_lo when no block meets: an empty tile
     }
@@ -173,13 +183,14 @@ struct ExtraKeyBlocks : KeyBlocks {
     const int n = t - int(threadIdx.x % 32);
     bool meets = false, all_match = row_ids.x == row_ids.y;
     if (n >= n_lo) {
+      // (min, max) ids of the block's chunks: the first half of each 4-int chunk summary.
       const int2* r = reinterpret_cast<const int2*>(ext.e->kv_segment_range) +
-                      int64_t(ext.b) * ext.e->kv_chunks + n * kChunks;
+                      2 * (int64_t(ext.b) * ext.e->kv_chunks + n * kChunks);
       const int count = ceil_div(ext.valid_keys - n * kBlockN, kSegmentChunk);
       CUTE_UNROLL
       for (int c = 0; c < kChunks; ++c) {
         if (c < count) {
-          const int2 keys = r[c];
+          const int2 keys = r[2 * c];
           meets |= Extras::spans_meet(row_ids, keys);
           all_match &= Extras::spans_all_match(row_ids, keys);
         }

@@ -299,20 +299,41 @@ struct Uploads {
   }
 };
 
-// Per-chunk (min, max) ids of [rows, len] segment ids, as jax_flash/_cuda.py computes them.
-std::vector<int32_t> chunk_ranges(const std::vector<int32_t>& ids, int rows, int len) {
-  const int chunks = (len + jax_flash::kSegmentChunk - 1) / jax_flash::kSegmentChunk;
-  std::vector<int32_t> r(size_t(rows) * chunks * 2);
-  for (int b = 0; b < rows; ++b)
-    for (int c = 0; c < chunks; ++c) {
-      int lo = INT32_MAX, hi = INT32_MIN;
-      for (int x = c * jax_flash::kSegmentChunk; x < std::min(len, (c + 1) * jax_flash::kSegmentChunk); ++x) {
-        lo = std::min(lo, ids[size_t(b) * len + x]);
-        hi = std::max(hi, ids[size_t(b) * len + x]);
-      }
-      r[(size_t(b) * chunks + c) * 2] = lo;
-      r[(size_t(b) * chunks + c) * 2 + 1] = hi;
+// Per-chunk (min id, max id, lo, hi) of [rows, len] segment ids against the other side's
+// [rows, other_len] ids, as jax_flash/_cuda.py segment_ranges: [lo, hi) are the other side's
+// chunks that may hold an id in [min, max], found in the running max of its chunk maxima (from
+// the left) and the running min of its chunk minima (from the right), both nondecreasing.
+std::vector<int32_t> chunk_ranges(const std::vector<int32_t>& ids, int rows, int len,
+                                  const std::vector<int32_t>& other, int other_len) {
+  constexpr int kC = jax_flash::kSegmentChunk;
+  auto min_max = [](const std::vector<int32_t>& x, int b, int n, int c) {
+    std::pair<int32_t, int32_t> m{INT32_MAX, INT32_MIN};
+    for (int i = c * kC; i < std::min(n, (c + 1) * kC); ++i) {
+      m.first = std::min(m.first, x[size_t(b) * n + i]);
+      m.second = std::max(m.second, x[size_t(b) * n + i]);
     }
+    return m;
+  };
+  const int chunks = (len + kC - 1) / kC, other_chunks = (other_len + kC - 1) / kC;
+  std::vector<int32_t> r(size_t(rows) * chunks * 4), max_before(other_chunks), min_after(other_chunks);
+  for (int b = 0; b < rows; ++b) {
+    for (int c = 0; c < other_chunks; ++c) {
+      const int32_t m = min_max(other, b, other_len, c).second;
+      max_before[c] = c > 0 ? std::max(max_before[c - 1], m) : m;
+    }
+    for (int c = other_chunks - 1; c >= 0; --c) {
+      const int32_t m = min_max(other, b, other_len, c).first;
+      min_after[c] = c + 1 < other_chunks ? std::min(min_after[c + 1], m) : m;
+    }
+    for (int c = 0; c < chunks; ++c) {
+      const auto [lo_id, hi_id] = min_max(ids, b, len, c);
+      int32_t* out = &r[(size_t(b) * chunks + c) * 4];
+      out[0] = lo_id;
+      out[1] = hi_id;
+      out[2] = int32_t(std::lower_bound(max_before.begin(), max_before.end(), lo_id) - max_before.begin());
+      out[3] = int32_t(std::upper_bound(min_after.begin(), min_after.end(), hi_id) - min_after.begin());
+    }
+  }
   return r;
 }
 
@@ -353,8 +374,8 @@ size_t set_extras(BwdParams& p, const Extra& x, Uploads& up) {
     }
     e.q_segment_ids = up(qs);
     e.kv_segment_ids = up(ks);
-    e.q_segment_range = up(chunk_ranges(qs, p.b, p.t));
-    e.kv_segment_range = up(chunk_ranges(ks, p.b, p.s));
+    e.q_segment_range = up(chunk_ranges(qs, p.b, p.t, ks, p.s));
+    e.kv_segment_range = up(chunk_ranges(ks, p.b, p.s, qs, p.t));
     e.q_chunks = (p.t + jax_flash::kSegmentChunk - 1) / jax_flash::kSegmentChunk;
     e.kv_chunks = (p.s + jax_flash::kSegmentChunk - 1) / jax_flash::kSegmentChunk;
   }
@@ -766,7 +787,7 @@ void time_extras() {
   for (int i = 0; i < t; ++i) ids[i] = i / 2048;
   Uploads up;
   const int32_t* seg = up(ids);
-  const int32_t* range = up(chunk_ranges(ids, 1, t));
+  const int32_t* range = up(chunk_ranges(ids, 1, t, ids, t));  // both sides
   struct Point { const char* name; int wl, wr; bool segments; double pairs; };
   const double tt = double(t) * t;
   const Point points[] = {

@@ -225,19 +225,39 @@ std::vector<int> segment_ids(int len, int mode, Lcg& rng) {
   return ids;
 }
 
-// (min, max) id of each kSegmentChunk chunk, as jax_flash/_cuda.py computes them.
-std::vector<int> chunk_ranges(const std::vector<int>& ids, int batch, int len) {
-  const int chunks = (len + kSegmentChunk - 1) / kSegmentChunk;
-  std::vector<int> r(size_t(batch) * chunks * 2);
+// Per-chunk (min id, max id, lo, hi) of [batch, len] segment ids against the other side's
+// [batch, other_len] ids, as jax_flash/_cuda.py segment_ranges: [lo, hi) are the other side's
+// chunks that may hold an id in [min, max], found in the running max of its chunk maxima (from
+// the left) and the running min of its chunk minima (from the right), both nondecreasing.
+std::vector<int> chunk_ranges(const std::vector<int>& ids, int batch, int len,
+                             const std::vector<int>& other, int other_len) {
+  constexpr int kC = kSegmentChunk;
+  auto min_max = [](const std::vector<int>& x, int b, int n, int c) {
+    std::pair<int, int> m{INT32_MAX, INT32_MIN};
+    for (int i = c * kC; i < std::min(n, (c + 1) * kC); ++i) {
+      m.first = std::min(m.first, x[size_t(b) * n + i]);
+      m.second = std::max(m.second, x[size_t(b) * n + i]);
+    }
+    return m;
+  };
+  const int chunks = (len + kC - 1) / kC, other_chunks = (other_len + kC - 1) / kC;
+  std::vector<int> r(size_t(batch) * chunks * 4), max_before(other_chunks), min_after(other_chunks);
   for (int b = 0; b < batch; ++b) {
+    for (int c = 0; c < other_chunks; ++c) {
+      const int m = min_max(other, b, other_len, c).second;
+      max_before[c] = c > 0 ? std::max(max_before[c - 1], m) : m;
+    }
+    for (int c = other_chunks - 1; c >= 0; --c) {
+      const int m = min_max(other, b, other_len, c).first;
+      min_after[c] = c + 1 < other_chunks ? std::min(min_after[c + 1], m) : m;
+    }
     for (int c = 0; c < chunks; ++c) {
-      int lo = INT32_MAX, hi = INT32_MIN;
-      for (int j = c * kSegmentChunk; j < std::min(len, (c + 1) * kSegmentChunk); ++j) {
-        lo = std::min(lo, ids[size_t(b) * len + j]);
-        hi = std::max(hi, ids[size_t(b) * len + j]);
-      }
-      r[(size_t(b) * chunks + c) * 2] = lo;
-      r[(size_t(b) * chunks + c) * 2 + 1] = hi;
+      const auto [lo_id, hi_id] = min_max(ids, b, len, c);
+      int* out = &r[(size_t(b) * chunks + c) * 4];
+      out[0] = lo_id;
+      out[1] = hi_id;
+      out[2] = int(std::lower_bound(max_before.begin(), max_before.end(), lo_id) - max_before.begin());
+      out[3] = int(std::upper_bound(min_after.begin(), min_after.end(), hi_id) - min_after.begin());
     }
   }
   return r;
@@ -313,7 +333,8 @@ bool run_case(const Variant& var, const Case& c, uint64_t seed) {
       qi.insert(qi.end(), a.begin(), a.end());
       ki.insert(ki.end(), k2.begin(), k2.end());
     }
-    const std::vector<int> qr = chunk_ranges(qi, c.b, c.t), kr = chunk_ranges(ki, c.b, c.s);
+    const std::vector<int> qr = chunk_ranges(qi, c.b, c.t, ki, c.s);
+    const std::vector<int> kr = chunk_ranges(ki, c.b, c.s, qi, c.t);
     x.q_segment_ids = static_cast<const int32_t*>(upload(qi.data(), int64_t(qi.size()) * 4));
     x.kv_segment_ids = static_cast<const int32_t*>(upload(ki.data(), int64_t(ki.size()) * 4));
     x.q_segment_range = static_cast<const int32_t*>(upload(qr.data(), int64_t(qr.size()) * 4));
@@ -535,7 +556,7 @@ int run_bench_extras(const std::vector<Variant>& vars) {
   // 8 packed documents of 2k: ids j / 2048, and their chunk ranges.
   std::vector<int> ids(t);
   for (int j = 0; j < t; ++j) ids[j] = j / 2048;
-  const std::vector<int> ranges = chunk_ranges(ids, 1, t);
+  const std::vector<int> ranges = chunk_ranges(ids, 1, t, ids, t);  // both sides
   int *d_ids, *d_ranges;
   CHECK_CUDA(cudaMalloc(&d_ids, t * 4));
   CHECK_CUDA(cudaMalloc(&d_ranges, ranges.size() * 4));

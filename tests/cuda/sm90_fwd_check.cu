@@ -270,20 +270,39 @@ struct HostExtras {
   std::vector<uint8_t> mask;
 };
 
-// Per-chunk (min, max) ids, the last chunk padded with the last id (as jax_flash/_cuda.py).
-std::vector<int32_t> chunk_ranges(const std::vector<int32_t>& ids, int b, int len) {
-  const int chunks = (len + kSegmentChunk - 1) / kSegmentChunk;
-  std::vector<int32_t> r(size_t(b) * chunks * 2);
-  for (int bi = 0; bi < b; ++bi) {
+// Per-chunk (min id, max id, lo, hi) of [b, len] segment ids against the other side's
+// [b, other_len] ids, as jax_flash/_cuda.py segment_ranges: [lo, hi) are the other side's
+// chunks that may hold an id in [min, max], found in the running max of its chunk maxima (from
+// the left) and the running min of its chunk minima (from the right), both nondecreasing.
+std::vector<int32_t> chunk_ranges(const std::vector<int32_t>& ids, int b, int len,
+                                  const std::vector<int32_t>& other, int other_len) {
+  constexpr int kC = kSegmentChunk;
+  auto min_max = [](const std::vector<int32_t>& x, int b, int n, int c) {
+    std::pair<int32_t, int32_t> m{INT32_MAX, INT32_MIN};
+    for (int i = c * kC; i < std::min(n, (c + 1) * kC); ++i) {
+      m.first = std::min(m.first, x[size_t(b) * n + i]);
+      m.second = std::max(m.second, x[size_t(b) * n + i]);
+    }
+    return m;
+  };
+  const int chunks = (len + kC - 1) / kC, other_chunks = (other_len + kC - 1) / kC;
+  std::vector<int32_t> r(size_t(b) * chunks * 4), max_before(other_chunks), min_after(other_chunks);
+  for (int b = 0; b < b; ++b) {
+    for (int c = 0; c < other_chunks; ++c) {
+      const int32_t m = min_max(other, b, other_len, c).second;
+      max_before[c] = c > 0 ? std::max(max_before[c - 1], m) : m;
+    }
+    for (int c = other_chunks - 1; c >= 0; --c) {
+      const int32_t m = min_max(other, b, other_len, c).first;
+      min_after[c] = c + 1 < other_chunks ? std::min(min_after[c + 1], m) : m;
+    }
     for (int c = 0; c < chunks; ++c) {
-      int lo = INT32_MAX, hi = INT32_MIN;
-      for (int k = c * kSegmentChunk; k < (c + 1) * kSegmentChunk; ++k) {
-        const int id = ids[size_t(bi) * len + std::min(k, len - 1)];
-        lo = std::min(lo, id);
-        hi = std::max(hi, id);
-      }
-      r[(size_t(bi) * chunks + c) * 2] = lo;
-      r[(size_t(bi) * chunks + c) * 2 + 1] = hi;
+      const auto [lo_id, hi_id] = min_max(ids, b, len, c);
+      int32_t* out = &r[(size_t(b) * chunks + c) * 4];
+      out[0] = lo_id;
+      out[1] = hi_id;
+      out[2] = int32_t(std::lower_bound(max_before.begin(), max_before.end(), lo_id) - max_before.begin());
+      out[3] = int32_t(std::upper_bound(min_after.begin(), min_after.end(), hi_id) - min_after.begin());
     }
   }
   return r;
@@ -336,8 +355,8 @@ void make_extras(const Case& c, uint64_t seed, FwdParams& p,
       else row_rng = rng + bi;                          // documents: the same cuts
       fill_ids(hx.kv_ids.data() + size_t(bi) * c.s, c.s, c.segments, row_rng);
     }
-    hx.q_range = chunk_ranges(hx.q_ids, c.b, c.t);
-    hx.kv_range = chunk_ranges(hx.kv_ids, c.b, c.s);
+    hx.q_range = chunk_ranges(hx.q_ids, c.b, c.t, hx.kv_ids, c.s);
+    hx.kv_range = chunk_ranges(hx.kv_ids, c.b, c.s, hx.q_ids, c.t);
     x.q_chunks = (c.t + kSegmentChunk - 1) / kSegmentChunk;
     x.kv_chunks = (c.s + kSegmentChunk - 1) / kSegmentChunk;
   }
@@ -708,7 +727,7 @@ int run_mask_bench(const std::vector<Variant>& vars) {
 
     std::vector<int32_t> ids(t), half = {t / 2}, full = {t};
     for (int k = 0; k < t; ++k) ids[k] = k / 2048;
-    const auto ranges = chunk_ranges(ids, 1, t);
+    const auto ranges = chunk_ranges(ids, 1, t, ids, t);  // one array serves both sides
     std::vector<float> bias(t);
     for (int k = 0; k < t; ++k) bias[k] = float(k % 7) * 0.1f;
     const int32_t* d_ids = upload(ids, alloc);
