@@ -270,11 +270,11 @@ struct HostExtras {
   std::vector<uint8_t> mask;
 };
 
-// Per-chunk (min id, max id, lo, hi) of [b, len] segment ids against the other side's
-// [b, other_len] ids, as jax_flash/_cuda.py segment_ranges: [lo, hi) are the other side's
+// Per-chunk (min id, max id, lo, hi) of [rows, len] segment ids against the other side's
+// [rows, other_len] ids, as jax_flash/_cuda.py segment_ranges: [lo, hi) are the other side's
 // chunks that may hold an id in [min, max], found in the running max of its chunk maxima (from
 // the left) and the running min of its chunk minima (from the right), both nondecreasing.
-std::vector<int32_t> chunk_ranges(const std::vector<int32_t>& ids, int b, int len,
+std::vector<int32_t> chunk_ranges(const std::vector<int32_t>& ids, int rows, int len,
                                   const std::vector<int32_t>& other, int other_len) {
   constexpr int kC = kSegmentChunk;
   auto min_max = [](const std::vector<int32_t>& x, int b, int n, int c) {
@@ -286,8 +286,8 @@ std::vector<int32_t> chunk_ranges(const std::vector<int32_t>& ids, int b, int le
     return m;
   };
   const int chunks = (len + kC - 1) / kC, other_chunks = (other_len + kC - 1) / kC;
-  std::vector<int32_t> r(size_t(b) * chunks * 4), max_before(other_chunks), min_after(other_chunks);
-  for (int b = 0; b < b; ++b) {
+  std::vector<int32_t> r(size_t(rows) * chunks * 4), max_before(other_chunks), min_after(other_chunks);
+  for (int b = 0; b < rows; ++b) {
     for (int c = 0; c < other_chunks; ++c) {
       const int32_t m = min_max(other, b, other_len, c).second;
       max_before[c] = c > 0 ? std::max(max_before[c - 1], m) : m;
