@@ -183,7 +183,7 @@ ffi::Error decode_attn(const char* target, const ffi::AnyBuffer& q, const ffi::A
 
 // Bits of the "extras" attribute: which optional inputs follow the fixed operands, in this
 // order (jax_flash/_cuda.py builds the same list). Segments are four buffers: the q and kv
-// ids and their per-chunk (min, max) summaries.
+// ids and their per-chunk (min id, max id, lo, hi) summaries (params.h).
 enum ExtraBit : int32_t { kBias = 1, kMask = 2, kQSeqlen = 4, kKvSeqlen = 8, kSegments = 16 };
 constexpr int32_t kAllExtraBits = 31;
 

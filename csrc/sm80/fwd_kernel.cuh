@@ -30,7 +30,8 @@
 //   * segments: a key tile whose (min, max) ids cannot meet the q-block's is skipped, never
 //     loaded or multiplied: the walk goes from one visited tile straight to the next, and the
 //     K/V prefetch is for that next visited tile. The first and last visited tiles are found
-//     up front by all threads at once, so long runs of other documents cost no serial scan;
+//     up front by all threads at once, among the key chunks the rows' chunk summaries name as
+//     partners, so long runs of other documents cost no serial scan;
 //   * step kinds: kElement tiles (every tile with bias, mask or softcap; tiles whose segment
 //     ids are not one shared id) run apply_extras (softmax.cuh); kEdge tiles (window edges,
 //     valid_keys) run mask_scores; the rest the fast step. With bias or softcap the scores
