@@ -174,8 +174,12 @@ def segment_ranges(ids, other_ids):
   other_min, other_max = chunk_min_max(other_ids)
   max_before = jax.lax.cummax(other_max, axis=1)  # nondecreasing along the chunks
   min_after = jax.lax.cummin(other_min, axis=1, reverse=True)  # nondecreasing too
-  lo = jax.vmap(lambda env, v: jnp.searchsorted(env, v, side="left"))(max_before, lo_id)
-  hi = jax.vmap(lambda env, v: jnp.searchsorted(env, v, side="right"))(min_after, hi_id)
+  # method="sort": one sort kernel. The default binary search is an XLA while loop, which on
+  # a GPU synchronizes with the host every iteration (~0.25 ms per call at 16k tokens, H200).
+  def find(side):
+    return jax.vmap(lambda env, v: jnp.searchsorted(env, v, side=side, method="sort"))
+  lo = find("left")(max_before, lo_id)
+  hi = find("right")(min_after, hi_id)
   return jnp.stack([lo_id, hi_id, lo.astype(jnp.int32), hi.astype(jnp.int32)], axis=-1)
 
 
