@@ -18,14 +18,7 @@ cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/sm90_out}; mkdir -p "$OUT"
 BIN=out/sm90/sm90_fwd_check
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,driver_version --format=csv,noheader
-SRC_SHA=$(cat csrc/params.h csrc/common/mask.h csrc/common/util.cuh csrc/sm90/* tests/cuda/sm90_fwd_check.cu | sha1sum | cut -d' ' -f1)
-if ! $BIN list >/dev/null 2>&1 || [ "$SRC_SHA" != "$(cat out/sm90/src.sha1 2>/dev/null)" ]; then
-  python3 -c 'import cutlass_library' 2>/dev/null || {
-    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/nvidia_cutlass*.whl
-    export PYTHONPATH=/tmp/site; }
-  echo "building on the device (carried binary missing, not runnable here, or stale)"
-  bash tests/cuda/sm90_build.sh || exit 1
-fi
+bash tests/cuda/sm90_build.sh --if-stale || exit 1
 $BIN list | grep 192x
 
 timeout 300 $BIN check > "$OUT/check3.txt" 2>&1; echo "check exit $?" >> "$OUT/check3.txt"
