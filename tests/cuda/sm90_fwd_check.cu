@@ -551,49 +551,29 @@ int run_checks(const std::vector<Variant>& vars, bool quick, bool extras_only) {
 // ---------------------------------------------------------------------------------------------
 // Benchmark: 16k tokens per batch, hidden 2048; median of 5 repeats of 10 launches.
 
-double time_ms(const Variant& var, const FwdParams& p, int section, bool snake = true) {
+// Median ms per launch over `repeats` timings of `calls` back-to-back launches, after two
+// warm-up launches; calls = 1 times each launch alone (synchronized before the next).
+double time_ms(const Variant& var, const FwdParams& p, int section, bool snake = true,
+               int calls = 10, int repeats = 5) {
   cudaEvent_t e0, e1;
   CHECK_CUDA(cudaEventCreate(&e0));
   CHECK_CUDA(cudaEventCreate(&e1));
   for (int i = 0; i < 2; ++i) CHECK_CUDA(var.launch(p, 0, section, snake));
   sync_or_die(var.name.c_str());
   std::vector<float> reps;
-  for (int r = 0; r < 5; ++r) {
+  for (int r = 0; r < repeats; ++r) {
     CHECK_CUDA(cudaEventRecord(e0));
-    for (int i = 0; i < 10; ++i) CHECK_CUDA(var.launch(p, 0, section, snake));
+    for (int i = 0; i < calls; ++i) CHECK_CUDA(var.launch(p, 0, section, snake));
     CHECK_CUDA(cudaEventRecord(e1));
     sync_or_die(var.name.c_str());
     float ms;
     CHECK_CUDA(cudaEventElapsedTime(&ms, e0, e1));
-    reps.push_back(ms / 10);
+    reps.push_back(ms / calls);
   }
   std::sort(reps.begin(), reps.end());
   CHECK_CUDA(cudaEventDestroy(e0));
   CHECK_CUDA(cudaEventDestroy(e1));
-  return reps[2];
-}
-
-// Median of 21 launches, each timed alone between two synchronizations (no back-to-back work).
-double time_isolated_ms(const Variant& var, const FwdParams& p) {
-  cudaEvent_t e0, e1;
-  CHECK_CUDA(cudaEventCreate(&e0));
-  CHECK_CUDA(cudaEventCreate(&e1));
-  for (int i = 0; i < 2; ++i) CHECK_CUDA(var.launch(p, 0, -1, true));
-  sync_or_die(var.name.c_str());
-  std::vector<float> reps;
-  for (int r = 0; r < 21; ++r) {
-    CHECK_CUDA(cudaEventRecord(e0));
-    CHECK_CUDA(var.launch(p, 0, -1, true));
-    CHECK_CUDA(cudaEventRecord(e1));
-    sync_or_die(var.name.c_str());
-    float ms;
-    CHECK_CUDA(cudaEventElapsedTime(&ms, e0, e1));
-    reps.push_back(ms);
-  }
-  std::sort(reps.begin(), reps.end());
-  CHECK_CUDA(cudaEventDestroy(e0));
-  CHECK_CUDA(cudaEventDestroy(e1));
-  return reps[10];
+  return reps[repeats / 2];
 }
 
 int run_bench(const std::vector<Variant>& vars) {
@@ -788,7 +768,8 @@ int run_mask_bench(const std::vector<Variant>& vars) {
     for (const MaskCase* cp : order) {
       const MaskCase& c = *cp;
       const char* sec = std::getenv("SM90_SECTION");  // tile order: 0 rows first, n heavy
-      const double ms = isolated ? time_isolated_ms(var, c.p) : time_ms(var, c.p, sec ? std::atoi(sec) : -1);
+      const int section = sec ? std::atoi(sec) : -1;
+      const double ms = isolated ? time_ms(var, c.p, section, true, 1, 21) : time_ms(var, c.p, section);
       const double tflops = 4.0 * heads * c.pairs * h / ms * 1e-9;
       if (std::strcmp(c.name, "dense") == 0) dense = tflops;
       if (std::strcmp(c.name, "dense_causal") == 0) dense_causal = tflops;
