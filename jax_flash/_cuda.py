@@ -175,7 +175,8 @@ def segment_ranges(ids, other_ids):
   max_before = jax.lax.cummax(other_max, axis=1)  # nondecreasing along the chunks
   min_after = jax.lax.cummin(other_min, axis=1, reverse=True)  # nondecreasing too
   # method="sort": one sort kernel. The default binary search is an XLA while loop, which on
-  # a GPU synchronizes with the host every iteration (~0.25 ms per call at 16k tokens, H200).
+  # a GPU synchronizes with the host every iteration: the whole pre-pass took 0.512 ms per
+  # call at 16k tokens that way, 0.083 ms sorted (H200).
   def find(side):
     return jax.vmap(lambda env, v: jnp.searchsorted(env, v, side=side, method="sort"))
   lo = find("left")(max_before, lo_id)
