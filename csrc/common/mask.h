@@ -112,9 +112,11 @@ struct Extras {
   int t, s;        // T and S (row lengths of the segment id arrays)
   int valid_rows;  // min(T, max(q_seqlen[b], 0)), or T
   int valid_keys;  // min(S, max(kv_seqlen[b], 0)), or S
+  float inv_softcap;  // 1 / softcap (0 without): one division per tile, not one per score
 
   __device__ __forceinline__ Extras(const AttnParams& p, int b_, int head_)
-      : e(&p.extra), b(b_), head(head_), t(p.t), s(p.s), valid_rows(p.t), valid_keys(p.s) {
+      : e(&p.extra), b(b_), head(head_), t(p.t), s(p.s), valid_rows(p.t), valid_keys(p.s),
+        inv_softcap(p.extra.softcap != 0.f ? 1.f / p.extra.softcap : 0.f) {
     if (e->q_seqlen) valid_rows = Window::min_(p.t, Window::max_(e->q_seqlen[b], 0));
     if (e->kv_seqlen) valid_keys = Window::min_(p.s, Window::max_(e->kv_seqlen[b], 0));
   }
@@ -173,7 +175,7 @@ struct Extras {
     tanh_out = 0.f;
     float x = scaled;
     if (e->softcap != 0.f) {
-      tanh_out = tanhf(scaled / e->softcap);
+      tanh_out = tanhf(scaled * inv_softcap);
       x = e->softcap * tanh_out;
     }
     if (e->bias) x += e->bias[pair_offset(e->bias_stride, i, j)];

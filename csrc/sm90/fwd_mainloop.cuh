@@ -186,7 +186,9 @@ struct FwdMainloop {
 
     // Masked scores of block n -> probabilities in s_rc; true when O must be rescaled by
     // `factor`. masked: std::true_type for the element mask (mask_tile, or extras_tile in the
-    // extras kernel), std::false_type for none.
+    // extras kernel), std::false_type for none. block_masks: the extras kernel's
+    // ExtraKeyBlocks::masks() of the block, found with its element() (before next() moves on).
+    bool block_masks = true;
     auto softmax_step = [&](Softmax& softmax, const Blocks& blocks, int row0, int n, auto masked,
                             float (&factor)[kRows]) __attribute__((always_inline)) {
       if (negate) {
@@ -195,7 +197,8 @@ struct FwdMainloop {
       }
       if constexpr (decltype(masked)::value) {
         if constexpr (kExtras) {
-          extras_tile(s_rc, s_coord, row0, n * kBlockN, window, blocks.ext, abs_scale);
+          extras_tile(s_rc, s_coord, row0, n * kBlockN, window, blocks.ext, abs_scale,
+                      block_masks);
         } else {
           mask_tile(s_rc, s_coord, row0, n * kBlockN, window, p.s);
         }
@@ -298,6 +301,7 @@ struct FwdMainloop {
         const int q_stage = q_iter % Traits::kQStages;
         auto tSrQ = thr_qk.partition_fragment_A(sQ(_, _, q_stage));  // descriptors
         Barrier::wait(&st.q_full[q_stage], (q_iter / Traits::kQStages) & 1);
+        if constexpr (kExtras) block_masks = blocks.masks(blocks.n_hi);
         prologue(tSrQ, softmax, blocks, row0);
         // Separate instantiations for masked and unmasked blocks: the element mask costs a
         // compare and select per score, and most blocks of long rows need none.
@@ -306,13 +310,16 @@ struct FwdMainloop {
           // visited block and its decision are found while the products are in flight.
           int n = blocks.next(blocks.n_hi);
           bool element = n >= blocks.n_lo && blocks.element(n);
+          bool masks = n >= blocks.n_lo && blocks.masks(n);
           while (n >= blocks.n_lo) {
             int following = n;
-            bool following_element = false;
+            bool following_element = false, following_masks = false;
             auto find_next = [&]() {
               following = blocks.next(n);
               following_element = following >= blocks.n_lo && blocks.element(following);
+              following_masks = following >= blocks.n_lo && blocks.masks(following);
             };
+            block_masks = masks;
             if (element) {
               step(tSrQ, softmax, blocks, row0, n, std::true_type{}, find_next);
             } else {
@@ -320,6 +327,7 @@ struct FwdMainloop {
             }
             n = following;
             element = following_element;
+            masks = following_masks;
           }
         } else {
           auto nothing = []() {};

@@ -171,8 +171,11 @@ struct ExtraKeyBlocks : KeyBlocks {
   }
 
   // Does block n (just returned by next()) need the element path?
-  __device__ __forceinline__ bool element(int n) const {
-    if (ext.per_element() || n < unmasked_lo || n > unmasked_hi) return true;
+  __device__ __forceinline__ bool element(int n) const { return ext.per_element() || masks(n); }
+  // Does it need the element path's masks (window edges, lengths, segments, dense mask)? On
+  // the element path without them, bias and softcap only transform the scores.
+  __device__ __forceinline__ bool masks(int n) const {
+    if (n < unmasked_lo || n > unmasked_hi || ext.e->mask != nullptr) return true;
     return ext.has_segments() && !((match_bits >> (top - n)) & 1u);
   }
 
