@@ -156,10 +156,26 @@ def time_per_call(fn, args, warmup=WARMUP, repeats=REPEATS, calls=CALLS):
   return sec, out
 
 
+def time_settled(fn, args, settle_s=0.3, repeats=REPEATS, calls=CALLS):
+  """time_per_call after running fn back to back for settle_s seconds: the GPU's clock then
+  reflects fn's own load, whatever ran before (clocks fall under power-heavy work and recover
+  under light work with a lag of tens of ms: a 0.28 ms call timed right after 33 ms of dense
+  attention ran 17% slower than alone, H100, tests/cuda/sm90_notes.md)."""
+  start = time.perf_counter()
+  while True:
+    out = None
+    for _ in range(calls):
+      out = fn(*args)
+    jax.block_until_ready(out)
+    if time.perf_counter() - start >= settle_s:
+      break
+  return time_per_call(fn, args, 0, repeats, calls)
+
+
 def time_alternating(runs, warmup=WARMUP, repeats=REPEATS, calls=CALLS):
-  """time_per_call of several (fn, args) at once, their repeats taken in turn: a GPU's clocks
-  drop after power-heavy work and recover when it idles, so numbers that will be divided by
-  each other are best taken under the same clocks. Returns [(median seconds, last output)]."""
+  """time_per_call of several (fn, args) at once, their repeats taken in turn, so that clock
+  drift over minutes hits them alike. (A light call then always runs right after heavy ones,
+  at the clock they left: see time_settled.) Returns [(median seconds, last output)]."""
   outs = [None] * len(runs)
   for i, (fn, args) in enumerate(runs):
     for _ in range(warmup):

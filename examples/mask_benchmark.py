@@ -13,11 +13,16 @@ TFLOP/s and one that computes them and throws them away drops in proportion:
   softcap / bias  dense with softcap 30 / a [1, N, 1, S] bias (the per-element path)
 
 Each row prints fwd and bwd TFLOP/s and their fraction of the dense non-causal row (the
-causal variants also of the dense causal row). The dense rows a case is divided by are timed
-again with it, repeat by repeat in turn (benchmark.time_alternating): the GPU's clocks fall
-after power-heavy work (dense fwd+bwd) and recover when it idles, which moved a ratio taken
-minutes apart by up to 10% (H200, tests/cuda/sm90_notes.md). On Hopper both forward families
-run (columns sm90, sm80; the backward is shared). Writes JSON to --out.
+causal variants also of the dense causal row); the dense rows a case is divided by are timed
+again with it. Two timings, because the GPU's clock follows its load with a lag of tens of ms
+(it falls under power-heavy work and recovers under light work) and a case as short as the
+window (0.3 ms) runs at whatever clock the work before it left:
+  settled      each function runs back to back for 0.3 s, then the protocol's 5 x 10 calls
+               (benchmark.time_settled): every kernel at the clock its own load sustains.
+  alternating  the case and its dense rows in turn, repeat by repeat, 10 calls each
+               (benchmark.time_alternating): the case always right after heavy dense work.
+The table's TFLOP/s and fractions are settled; "alt" is the alternating fraction. On Hopper
+both forward families run (columns sm90, sm80; the backward is shared). Writes JSON to --out.
 
   python examples/mask_benchmark.py                 # GPU
   python examples/mask_benchmark.py --smoke         # CPU, the "xla" path, tiny shapes
@@ -66,7 +71,7 @@ def main(argv=None):
   args = p.parse_args(argv)
 
   sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-  from benchmark import time_alternating
+  from benchmark import time_alternating, time_settled
   from tqdm import tqdm
 
   import jax_flash
@@ -108,43 +113,55 @@ def main(argv=None):
   flops = {name: 4.0 * pairs * n * h for name, (_, pairs, _) in table.items()}
   refs = {arch: {name: compiled(table[name][0], arch) for name in ("dense", "dense_causal")}
           for arch in archs}
+  settle_s = 0.0 if args.smoke else 0.3
+
+  def timings(group, args_, alternating):
+    """Median seconds per call of each function of group, in group's order."""
+    if alternating:
+      return [sec for sec, _ in time_alternating([(fn, args_) for fn in group])]
+    return [time_settled(fn, args_, settle_s)[0] for fn in group]
+
   rows = []
   for name, (kw, pairs, causal) in tqdm(table.items(), unit="case"):
     for arch in archs:
       fns = refs[arch][name] if name in refs[arch] else compiled(kw, arch)
-      # Each case is timed in turn with the dense rows it is divided by (time_alternating).
+      # Each case is timed with the dense rows it is divided by, both ways (docstring).
       bases = [b for b in ("dense", "dense_causal") if b != name and (causal or b == "dense")]
       group = [fns] + [refs[arch][b] for b in bases]
-      fwd = [sec for sec, _ in time_alternating([(g[0], fwd_args) for g in group])]
-      both = [sec for sec, _ in time_alternating([(g[1], both_args) for g in group])]
+      labels = [name] + bases
       row = dict(case=name, arch=arch, causal_baseline=causal, visible_pairs=pairs)
-      for label, f, b, fl in zip([name] + bases, fwd, both, [flops[name]] + [flops[x] for x in bases]):
-        prefix = "" if label == name else f"{label}_"
-        row[f"{prefix}fwd_tflops"] = fl / f / 1e12
-        row[f"{prefix}bwd_tflops"] = 2.5 * fl / max(b - f, 1e-9) / 1e12
-        if label == name:
-          row.update(fwd_ms=f * 1e3, bwd_ms=(b - f) * 1e3)
-      for d in ("fwd", "bwd"):
-        for base in ("dense", "dense_causal"):
-          ref = row[f"{d}_tflops"] if base == name else row.get(f"{base}_{d}_tflops")
-          if ref is not None:
-            row[f"{d}_frac_{base}"] = row[f"{d}_tflops"] / ref
+      for alt in (False, True):
+        fwd = timings([g[0] for g in group], fwd_args, alt)
+        both = timings([g[1] for g in group], both_args, alt)
+        tflops = {}
+        for label, f, b in zip(labels, fwd, both):
+          tflops[label, "fwd"] = flops[label] / f / 1e12
+          tflops[label, "bwd"] = 2.5 * flops[label] / max(b - f, 1e-9) / 1e12
+        pre = "alt_" if alt else ""
+        if not alt:
+          row.update(fwd_ms=fwd[0] * 1e3, bwd_ms=(both[0] - fwd[0]) * 1e3)
+        for d in ("fwd", "bwd"):
+          row[f"{pre}{d}_tflops"] = tflops[name, d]
+          for base in ("dense", "dense_causal"):
+            if (base, d) in tflops:
+              row[f"{pre}{base}_{d}_tflops"] = tflops[base, d]
+              row[f"{pre}{d}_frac_{base}"] = tflops[name, d] / tflops[base, d]
       rows.append(row)
 
   device = jax.devices()[0].device_kind
-  print(f"\n{device}, T=S={t}, N={n}, H={h}, bf16; TFLOP/s over visible pairs "
-        f"(fraction of dense | of dense causal, each timed in turn with the case)")
-  print(f"{'case':>16} {'fwd':>5} {'visible':>8} {'fwd TF/s':>9} {'frac':>12} "
-        f"{'bwd TF/s':>9} {'frac':>12}")
+  print(f"\n{device}, T=S={t}, N={n}, H={h}, bf16; TFLOP/s over visible pairs, settled "
+        f"(fraction of dense | of dense causal; alt: the alternating timing's fractions)")
+  print(f"{'case':>16} {'fwd':>5} {'visible':>8} {'fwd TF/s':>9} {'frac':>12} {'alt':>12} "
+        f"{'bwd TF/s':>9} {'frac':>12} {'alt':>12}")
   for r in rows:
     fracs = {}
-    for d in ("fwd", "bwd"):
-      fracs[d] = f"{r[f'{d}_frac_dense']:.2f}" + (
-          f" | {r[f'{d}_frac_dense_causal']:.2f}" if r["causal_baseline"] else "")
+    for key in ("fwd", "bwd", "alt_fwd", "alt_bwd"):
+      fracs[key] = f"{r[f'{key}_frac_dense']:.2f}" + (
+          f" | {r[f'{key}_frac_dense_causal']:.2f}" if r["causal_baseline"] else "")
     arch = f"sm{r['arch']}" if r["arch"] else impl
     print(f"{r['case']:>16} {arch:>5} {r['visible_pairs'] / t / t:>7.1%} "
-          f"{r['fwd_tflops']:>9.4g} {fracs['fwd']:>12} {r['bwd_tflops']:>9.4g} "
-          f"{fracs['bwd']:>12}")
+          f"{r['fwd_tflops']:>9.4g} {fracs['fwd']:>12} {fracs['alt_fwd']:>12} "
+          f"{r['bwd_tflops']:>9.4g} {fracs['bwd']:>12} {fracs['alt_bwd']:>12}")
   os.makedirs(args.out, exist_ok=True)
   with open(os.path.join(args.out, "mask_benchmark.json"), "w") as f:
     json.dump(dict(device=device, t=t, n=n, h=h, date=time.strftime("%Y-%m-%d %H:%M:%S"),
