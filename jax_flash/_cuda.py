@@ -101,7 +101,7 @@ def unsupported_reason(q, k, v, extras: Extras, cfg: AttnConfig) -> str | None:
   """
   del cfg
   for name, x in (("bias", extras.bias), ("mask", extras.mask)):
-    # The sm80 forward addresses a [T, S] bias/mask tile with 32-bit offsets (128 rows).
+    # The sm80 forward's launcher refuses these (csrc/sm80/fwd_launch.cuh).
     if x is not None and x.shape[2] != 1 and x.shape[3] != 1 and 128 * x.shape[3] > 2**31 - 1:
       return f"{name} with {x.shape[3]} keys per row (the kernels take at most 16777215)"
   dtypes = {np.dtype(x.dtype) for x in (q, k, v)}

@@ -5,7 +5,7 @@
 // Scores arrive raw (s = q . k, unscaled). With c = scale * log2(e) > 0 (kernels pass |scale|,
 // negating q when the user's scale is negative), the softmax runs in base 2:
 //   p = 2^(c s - c m),  m = running row max of s,  lse = scale * m + ln(sum p)
-// so each score costs one FFMA and one EX2. With bias or softcap (apply_extras) scores arrive
+// so each score costs one FFMA and one EX2. With bias or softcap (extras_tile) scores arrive
 // as natural-unit logits and the kernels pass scale 1 (c = log2(e)).
 #pragma once
 
@@ -39,55 +39,94 @@ __device__ __forceinline__ void mask_scores(Scores& scores, Coord const& coord, 
   }
 }
 
-// The element path of the extras (params.h ExtraParams) on one tile: scores of pairs a row may
-// not see become -inf (Extras::visible: lengths, window, segments, mask); with transform, the
-// seen ones become natural-unit logits (Extras::logit: softcap of scale * s, then bias). The
-// same rules as those two functions, with the per-row and per-column parts hoisted out of the
-// element loop. scale > 0: a negative user scale arrives as negated q (s has the true sign of
-// scale * q.k once multiplied by |scale|).
-// Bias and mask are addressed from the tile's first pair with 32-bit offsets (the launcher
-// checks that a tile's offsets fit): 64-bit offsets per element cost ~700 bytes of spills at
-// hdim 128.
+// The element path of a tile under extras (mask.h Extras): scores of pairs that ext.visible()
+// rejects become -inf; with ext.transforms() the others become natural-unit logits
+// (ext.logit(scale * s)), and the caller runs the softmax with scale 1. `abs_scale` is
+// |scale| (a negative scale has already negated the scores). masks = false (a block that
+// ExtraKeyBlocks::masks() clears: inside every rule) runs the transform alone: bias and
+// softcap blocks away from window edges, lengths and segment borders skip the mask passes.
+// One pass per rule, each over the whole fragment, with every load unconditional (indices
+// clamped into the valid rows and keys; a clamped pair is hidden by the first pass anyway), so
+// the loads of a pass issue back to back instead of one branch and one round trip per score.
 template <class Scores, class Coord>
-__device__ __forceinline__ void apply_extras(Scores& scores, Coord const& coord, int row0, int col0,
-                                             Window window, Extras const& ex, float scale,
-                                             bool transform) {
+__device__ __forceinline__ void extras_tile(Scores& scores, Coord const& coord, int row0, int col0,
+                                            Window window, const Extras& ext, float abs_scale,
+                                            bool masks) {
   using namespace cute;
-  const ExtraParams& e = *ex.e;
-  constexpr int kCols = decltype(size<1>(scores))::value;
-  const bool segments = ex.has_segments();
-  const float* bias = e.bias ? e.bias + ex.pair_offset(e.bias_stride, row0, col0) : nullptr;
-  const uint8_t* mask = e.mask ? e.mask + ex.pair_offset(e.mask_stride, row0, col0) : nullptr;
-  const int* row_ids = segments ? e.q_segment_ids + int64_t(ex.b) * ex.t + row0 : nullptr;
-  const int* col_ids = segments ? e.kv_segment_ids + int64_t(ex.b) * ex.s + col0 : nullptr;
-  int key_ids[kCols];  // segment id of each column (keys past valid_keys are never seen)
+  constexpr int kRows = decltype(size<0>(scores))::value;
+  const ExtraParams& e = *ext.e;
+  const int first_col = col0 + get<1>(coord(0, 0));
+  auto col_of = [&](int j) { return first_col + get<1>(coord(0, j)) - get<1>(coord(0, 0)); };
+  auto clamped_col = [&](int j) { return min(col_of(j), ext.valid_keys - 1); };
+  int rows[kRows];  // this thread's rows, clamped below valid_rows (>= 1 on this path)
   CUTE_UNROLL
-  for (int j = 0; j < kCols; ++j) {
-    const int c = get<1>(coord(0, j));
-    key_ids[j] = segments && col0 + c < ex.valid_keys ? col_ids[c] : 0;
-  }
-  CUTE_UNROLL
-  for (int i = 0; i < size<0>(scores); ++i) {
-    const int r = get<0>(coord(i, 0));  // tile-local row
-    const int row = row0 + r;
-    const bool row_ok = row < ex.valid_rows;
-    const Range keys = window.keys_of_row(row, ex.valid_keys);
-    const int row_id = segments && row_ok ? row_ids[r] : 0;
+  for (int i = 0; i < kRows; ++i) rows[i] = min(row0 + get<0>(coord(i, 0)), ext.valid_rows - 1);
+  // Window, lengths: as mask_tile, with valid_keys for S and nothing for rows >= valid_rows.
+  if (masks) {
     CUTE_UNROLL
-    for (int j = 0; j < kCols; ++j) {
-      const int c = get<1>(coord(i, j));  // tile-local column
-      const int col = col0 + c;
-      bool seen = row_ok && col >= keys.lo && col < keys.hi && row_id == key_ids[j];
-      if (seen && mask) {
-        seen = mask[r * int(e.mask_stride[2]) + c * int(e.mask_stride[3])] != 0;
+    for (int i = 0; i < kRows; ++i) {
+      const int row = row0 + get<0>(coord(i, 0));
+      const Range keys = window.keys_of_row(row, ext.valid_keys);
+      const bool row_ok = row < ext.valid_rows;
+      const int lo = keys.lo - first_col;
+      const int hi = keys.hi - first_col;
+      CUTE_UNROLL
+      for (int j = 0; j < size<1>(scores); ++j) {
+        const int offset = get<1>(coord(i, j)) - get<1>(coord(0, 0));  // folds to a constant
+        if (!row_ok || offset < lo || offset >= hi) scores(i, j) = -INFINITY;
       }
-      float x = scores(i, j);
-      if (seen && transform) {
-        x *= scale;
-        if (e.softcap != 0.f) x = e.softcap * tanhf(x / e.softcap);
-        if (bias) x += bias[r * int(e.bias_stride[2]) + c * int(e.bias_stride[3])];
+    }
+  }
+  if (masks && ext.has_segments()) {
+    const int32_t* kv_ids = e.kv_segment_ids + int64_t(ext.b) * ext.s;
+    CUTE_UNROLL
+    for (int i = 0; i < kRows; ++i) {
+      const int q_id = e.q_segment_ids[int64_t(ext.b) * ext.t + rows[i]];
+      CUTE_UNROLL
+      for (int j = 0; j < size<1>(scores); ++j) {
+        if (kv_ids[clamped_col(j)] != q_id) scores(i, j) = -INFINITY;
       }
-      scores(i, j) = seen ? x : -INFINITY;
+    }
+  }
+  if (masks && e.mask) {
+    CUTE_UNROLL
+    for (int i = 0; i < kRows; ++i) {
+      const uint8_t* mask_row = e.mask + ext.pair_offset(e.mask_stride, rows[i], 0);
+      CUTE_UNROLL
+      for (int j = 0; j < size<1>(scores); ++j) {
+        if (mask_row[clamped_col(j) * e.mask_stride[3]] == 0) scores(i, j) = -INFINITY;
+      }
+    }
+  }
+  // ext.logit() as two passes with their branches hoisted. Per score, logit() tested for
+  // softcap and bias and recomputed the bias offset: the bias loads went one at a time and a
+  // branch every ~25 instructions missed the instruction cache (ncu: no_inst and long_sb
+  // stalls led). H200, bf16 hdim 128, 16k, driver maskbench, TFLOP/s per score (of dense):
+  // softcap 196 -> 464 (0.30 -> 0.70), bias per key 98 -> 296 (0.15 -> 0.46); the extras
+  // kernel 11,232 -> 8,328 instructions, spills 150 -> 48 bytes.
+  if (ext.transforms()) {
+    // Softcap (or the scale alone): -inf stays -inf (softcap * tanh(-inf) is finite).
+    const bool capped = e.softcap != 0.f;
+    const float k = capped ? abs_scale * ext.inv_softcap : abs_scale;
+    const float cap = capped ? e.softcap : 1.f;
+    CUTE_UNROLL
+    for (int i = 0; i < kRows; ++i) {
+      CUTE_UNROLL
+      for (int j = 0; j < size<1>(scores); ++j) {
+        const float s = scores(i, j);
+        const float x = capped ? cap * tanhf(k * s) : k * s;
+        scores(i, j) = s == -INFINITY ? s : x;
+      }
+    }
+    if (e.bias) {  // then the bias: every load of a row issues before its adds
+      CUTE_UNROLL
+      for (int i = 0; i < kRows; ++i) {
+        const float* bias_row = e.bias + ext.pair_offset(e.bias_stride, rows[i], 0);
+        CUTE_UNROLL
+        for (int j = 0; j < size<1>(scores); ++j) {
+          scores(i, j) += bias_row[int64_t(clamped_col(j)) * e.bias_stride[3]];
+        }
+      }
     }
   }
 }

@@ -596,44 +596,162 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm)
              ((((sdp_n0 >> 3) + nt) ^ gg) << 4);
     };
 
-    // The element path, before dP: every rule per pair (Extras::visible), logits through
-    // softcap and bias (Extras::logit), P = exp(logit - lse) in place; hidden pairs and rows
-    // with lse = -inf give P = 0, so dS below is 0 there too. With softcap, 1 - tanh^2 of
-    // each pair waits in its dS slot (half precision: dS is rounded to 16 bits anyway).
+    // The element path, before dP: the rules of Extras::visible, logits through softcap and
+    // bias (Extras::logit), P = exp(logit - lse) in place; hidden pairs and rows with
+    // lse = -inf give P = 0, so dS below is 0 there too. With softcap, 1 - tanh^2 of each
+    // pair waits in its dS slot (half precision: dS is rounded to 16 bits anyway).
+    // One pass per rule over the whole fragment, each behind one warp-uniform branch, with the
+    // per-row and per-column parts hoisted and every load unconditional (indices clamped into
+    // the valid rows and keys; a clamped pair is hidden by the first pass): per pair, the
+    // rules cost a compare and a load, not a call with its branches and 64-bit offsets.
     auto element_exp = [&](float (&x)[kSdPMT][kSdPNT][4]) {
       if constexpr (kExtras != kNoExtras) {
+        const ExtraParams& e = p.extra;
         const Window window{p.window_left, p.window_right};
-        const bool transforms = kExtras == kLogits && ex.transforms();
-        const bool softcap = kExtras == kLogits && p.extra.softcap != 0.f;
         const int lane_now = lane_id();
+        const int row_base = m0 + sdp_m0 + lane_now / 4;             // + mt * 16 + half * 8
+        const int col_base = n_start + sdp_n0 + 2 * (lane_now % 4);  // + nt * 8 + c
+        auto clamped_row = [&](int i) { return max(min(i, ex.valid_rows - 1), 0); };
+        auto clamped_col = [&](int nt, int c) {
+          return max(min(col_base + nt * 8 + c, ex.valid_keys - 1), 0);
+        };
+        // Visibility, one bit per accumulator element (bit = (mt * kSdPNT + nt) * 4 + q).
+        uint32_t seen[(kElems + 31) / 32];
+#pragma unroll
+        for (int w = 0; w < (kElems + 31) / 32; ++w) seen[w] = 0u;
+        auto hide = [&](int mt, int nt, int q, bool hidden) {
+          const int bit = (mt * kSdPNT + nt) * 4 + q;
+          if (hidden) seen[bit / 32] &= ~(1u << (bit % 32));
+        };
+        // Window and lengths (keys_of_row is clipped to valid_keys).
 #pragma unroll
         for (int mt = 0; mt < kSdPMT; ++mt) {
 #pragma unroll
           for (int half = 0; half < 2; ++half) {
-            const int r = sdp_m0 + mt * 16 + lane_now / 4 + half * 8;
-            const int i = m0 + r;
-            const float lse = sLse[stage * kBr + r];
+            const int i = row_base + mt * 16 + half * 8;
+            const Range keys = window.keys_of_row(i, ex.valid_keys);
+            const bool row_ok = i < ex.valid_rows;
+#pragma unroll
+            for (int nt = 0; nt < kSdPNT; ++nt) {
+#pragma unroll
+              for (int c = 0; c < 2; ++c) {
+                const int j = col_base + nt * 8 + c;
+                const int bit = (mt * kSdPNT + nt) * 4 + half * 2 + c;
+                if (row_ok && j >= keys.lo && j < keys.hi) seen[bit / 32] |= 1u << (bit % 32);
+              }
+            }
+          }
+        }
+        if (ex.has_segments()) {
+          const int32_t* kv_ids = e.kv_segment_ids + int64_t(ex.b) * ex.s;
+          int key_ids[kSdPNT][2];  // this thread's columns' ids, once per tile
+#pragma unroll
+          for (int nt = 0; nt < kSdPNT; ++nt) {
+#pragma unroll
+            for (int c = 0; c < 2; ++c) key_ids[nt][c] = kv_ids[clamped_col(nt, c)];
+          }
+#pragma unroll
+          for (int mt = 0; mt < kSdPMT; ++mt) {
+#pragma unroll
+            for (int half = 0; half < 2; ++half) {
+              const int q_id = e.q_segment_ids[int64_t(ex.b) * ex.t +
+                                               clamped_row(row_base + mt * 16 + half * 8)];
+#pragma unroll
+              for (int nt = 0; nt < kSdPNT; ++nt) {
+#pragma unroll
+                for (int c = 0; c < 2; ++c) hide(mt, nt, half * 2 + c, key_ids[nt][c] != q_id);
+              }
+            }
+          }
+        }
+        if (e.mask != nullptr) {
+#pragma unroll
+          for (int mt = 0; mt < kSdPMT; ++mt) {
+#pragma unroll
+            for (int half = 0; half < 2; ++half) {
+              const uint8_t* mask_row = e.mask + ex.pair_offset(
+                  e.mask_stride, clamped_row(row_base + mt * 16 + half * 8), 0);
+#pragma unroll
+              for (int nt = 0; nt < kSdPNT; ++nt) {
+#pragma unroll
+                for (int c = 0; c < 2; ++c) {
+                  hide(mt, nt, half * 2 + c,
+                       mask_row[int64_t(clamped_col(nt, c)) * e.mask_stride[3]] == 0);
+                }
+              }
+            }
+          }
+        }
+        auto is_seen = [&](int mt, int nt, int q) {
+          const int bit = (mt * kSdPNT + nt) * 4 + q;
+          return (seen[bit / 32] >> (bit % 32)) & 1u;
+        };
+        // Logits (kLogits): scale * s, then softcap, then bias, in natural units.
+        const bool softcap = kExtras == kLogits && e.softcap != 0.f;
+        const bool transforms = kExtras == kLogits && ex.transforms();
+        if (transforms) {
+          const float k = softcap ? p.scale * ex.inv_softcap : p.scale;
+#pragma unroll
+          for (int mt = 0; mt < kSdPMT; ++mt) {
+#pragma unroll
+            for (int half = 0; half < 2; ++half) {
+#pragma unroll
+              for (int nt = 0; nt < kSdPNT; ++nt) {
+                if (softcap) {
+                  float d[2];
+#pragma unroll
+                  for (int c = 0; c < 2; ++c) {
+                    float& v = x[mt][nt][half * 2 + c];
+                    const float th = tanhf(k * v);
+                    v = e.softcap * th;
+                    d[c] = is_seen(mt, nt, half * 2 + c) ? 1.f - th * th : 1.f;
+                  }
+                  const __half2 d2 = __floats2half2_rn(d[0], d[1]);
+                  asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(score_slot(sDS, mt, nt, half)),
+                               "r"(*reinterpret_cast<const uint32_t*>(&d2))
+                               : "memory");
+                } else {
+#pragma unroll
+                  for (int c = 0; c < 2; ++c) x[mt][nt][half * 2 + c] *= k;
+                }
+              }
+            }
+          }
+          if (e.bias != nullptr) {  // every load of a row issues before its adds
+#pragma unroll
+            for (int mt = 0; mt < kSdPMT; ++mt) {
+#pragma unroll
+              for (int half = 0; half < 2; ++half) {
+                const float* bias_row = e.bias + ex.pair_offset(
+                    e.bias_stride, clamped_row(row_base + mt * 16 + half * 8), 0);
+#pragma unroll
+                for (int nt = 0; nt < kSdPNT; ++nt) {
+#pragma unroll
+                  for (int c = 0; c < 2; ++c) {
+                    x[mt][nt][half * 2 + c] +=
+                        bias_row[int64_t(clamped_col(nt, c)) * e.bias_stride[3]];
+                  }
+                }
+              }
+            }
+          }
+        }
+        // P = 2^(logit log2 e - lse log2 e), or of scale_log2 * s without transforms; a
+        // select (not a multiply) zeroes hidden pairs, whatever their exponent gave.
+        const float to_log2 = transforms ? kLog2e : p.scale_log2;
+#pragma unroll
+        for (int mt = 0; mt < kSdPMT; ++mt) {
+#pragma unroll
+          for (int half = 0; half < 2; ++half) {
+            const float lse = sLse[stage * kBr + sdp_m0 + mt * 16 + lane_now / 4 + half * 8];
             const float lse2 = lse == -INFINITY ? INFINITY : lse * kLog2e;
 #pragma unroll
             for (int nt = 0; nt < kSdPNT; ++nt) {
-              float th[2] = {0.f, 0.f};
 #pragma unroll
               for (int c = 0; c < 2; ++c) {
-                const int j = n_start + sdp_n0 + nt * 8 + 2 * (lane_now % 4) + c;
                 float& v = x[mt][nt][half * 2 + c];
-                if (!ex.visible(window, i, j)) {
-                  v = 0.f;
-                } else if (transforms) {
-                  v = exp2f(fmaf(ex.logit(v * p.scale, i, j, th[c]), kLog2e, -lse2));
-                } else {
-                  v = exp2f(fmaf(v, p.scale_log2, -lse2));
-                }
-              }
-              if (softcap) {
-                const __half2 d = __floats2half2_rn(1.f - th[0] * th[0], 1.f - th[1] * th[1]);
-                asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(score_slot(sDS, mt, nt, half)),
-                             "r"(*reinterpret_cast<const uint32_t*>(&d))
-                             : "memory");
+                const float pv = exp2f(fmaf(v, to_log2, -lse2));
+                v = is_seen(mt, nt, half * 2 + c) ? pv : 0.f;
               }
             }
           }

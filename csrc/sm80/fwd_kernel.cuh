@@ -33,7 +33,7 @@
 //     up front by all threads at once, among the key chunks the rows' chunk summaries name as
 //     partners, so long runs of other documents cost no serial scan;
 //   * step kinds: kElement tiles (every tile with bias, mask or softcap; tiles whose segment
-//     ids are not one shared id) run apply_extras (softmax.cuh); kEdge tiles (window edges,
+//     ids are not one shared id) run extras_tile (common/softmax.cuh); kEdge tiles (window edges,
 //     valid_keys) run mask_scores; the rest the fast step. With bias or softcap the scores
 //     become natural-unit logits, so the softmax runs with scale 1 and the lse is
 //     ln sum exp(logit).
@@ -64,7 +64,7 @@ enum class FwdOrder : int {
 // Main-loop step kinds (see the visit walk below).
 inline constexpr int kFast = 0;     // every pair of the tile is seen: no mask
 inline constexpr int kEdge = 1;     // window edges, valid_keys: mask_scores
-inline constexpr int kElement = 2;  // segments that differ, bias, mask, softcap: apply_extras
+inline constexpr int kElement = 2;  // segments that differ, bias, mask, softcap: extras_tile
 
 template <class Traits, bool kExtras>
 __global__ void __launch_bounds__(Traits::kNThreads, 1)
@@ -141,10 +141,10 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
 
   // ---- extras: which key tiles to visit, and which step each runs ----
   // Step kinds: kFast (no mask), kEdge (window / length edges: mask_scores), kElement
-  // (apply_extras). A visit is packed as n_block * 4 + kind; -1 = none.
+  // (extras_tile). A visit is packed as n_block * 4 + kind; -1 = none.
   // With extras, edge tiles have their own step only up to hdim 128: at hdim 256 a third step
   // instantiation put the kernel's arrays in local memory (3.6 KB of stack), so there
-  // apply_extras takes them (it applies the window and the lengths too).
+  // extras_tile takes them (it applies the window and the lengths too).
   constexpr bool kEdgeSteps = !kExtras || kHeadDim <= 128;
   int2 row_ids = make_int2(0, 0);  // the q-block's (min, max) segment id
   const bool all_element = kExtras && (ex.per_element() || ex.transforms());
@@ -319,7 +319,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
     Tensor scores = rowcol_view(acc_s);
     if constexpr (kKind == kEdge) mask_scores(scores, tScS, row0, n_block * kBlockN, window, key_end);
     if constexpr (kKind == kElement) {
-      apply_extras(scores, tScS, row0, n_block * kBlockN, window, ex, scale, logits);
+      extras_tile(scores, tScS, row0, n_block * kBlockN, window, ex, scale, true);
     }
 
     cp_async_wait<0>();
@@ -357,7 +357,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
     Tensor scores = rowcol_view(acc_s);
     if constexpr (kKind == kEdge) mask_scores(scores, tScS, row0, n_block * kBlockN, window, key_end);
     if constexpr (kKind == kElement) {
-      apply_extras(scores, tScS, row0, n_block * kBlockN, window, ex, scale, logits);
+      extras_tile(scores, tScS, row0, n_block * kBlockN, window, ex, scale, true);
     }
 
     softmax.update(scores, acc_o_rc, softmax_scale_log2);

@@ -45,7 +45,8 @@ inline bool fwd_aligned(const FwdParams& p) {
 template <class Traits, bool kExtras>
 cudaError_t launch_fwd_kernel(const FwdParams& p, cudaStream_t stream, FwdOrder order) {
   using Element = typename Traits::Element;
-  // apply_extras (softmax.cuh) addresses bias and mask within a tile with 32-bit offsets.
+  // A limit kept from an earlier element path (32-bit offsets within a tile; extras_tile
+  // takes 64-bit ones): a [T, S] bias past it holds over 2^24 keys per row.
   auto tile_span_fits = [](const int64_t (&st)[4]) {
     return (Traits::kBlockM - 1) * st[2] + (Traits::kBlockN - 1) * st[3] <= INT32_MAX;
   };

@@ -20,6 +20,7 @@
 #include <cute/tensor.hpp>
 
 #include "common/mask.h"
+#include "common/softmax.cuh"  // extras_tile
 #include "common/util.cuh"
 
 namespace jax_flash::sm90 {
@@ -45,98 +46,6 @@ __device__ __forceinline__ void mask_tile(Scores& scores, Coord const& coord, in
     for (int j = 0; j < size<1>(scores); ++j) {
       const int offset = get<1>(coord(i, j)) - get<1>(coord(0, 0));  // folds to a constant
       if (offset < lo || offset >= hi) scores(i, j) = -INFINITY;
-    }
-  }
-}
-
-// The element path of a tile under extras (mask.h Extras): scores of pairs that ext.visible()
-// rejects become -inf; with ext.transforms() the others become natural-unit logits
-// (ext.logit(scale * s)), and the caller runs the softmax with scale 1. `abs_scale` is
-// |scale| (a negative scale has already negated the scores). masks = false (a block that
-// ExtraKeyBlocks::masks() clears: inside every rule) runs the transform alone: bias and
-// softcap blocks away from window edges, lengths and segment borders skip the mask passes.
-// One pass per rule, each over the whole fragment, with every load unconditional (indices
-// clamped into the valid rows and keys; a clamped pair is hidden by the first pass anyway), so
-// the loads of a pass issue back to back instead of one branch and one round trip per score.
-template <class Scores, class Coord>
-__device__ __forceinline__ void extras_tile(Scores& scores, Coord const& coord, int row0, int col0,
-                                            Window window, const Extras& ext, float abs_scale,
-                                            bool masks) {
-  using namespace cute;
-  constexpr int kRows = decltype(size<0>(scores))::value;
-  const ExtraParams& e = *ext.e;
-  const int first_col = col0 + get<1>(coord(0, 0));
-  auto col_of = [&](int j) { return first_col + get<1>(coord(0, j)) - get<1>(coord(0, 0)); };
-  auto clamped_col = [&](int j) { return min(col_of(j), ext.valid_keys - 1); };
-  int rows[kRows];  // this thread's rows, clamped below valid_rows (>= 1 on this path)
-  CUTE_UNROLL
-  for (int i = 0; i < kRows; ++i) rows[i] = min(row0 + get<0>(coord(i, 0)), ext.valid_rows - 1);
-  // Window, lengths: as mask_tile, with valid_keys for S and nothing for rows >= valid_rows.
-  if (masks) {
-    CUTE_UNROLL
-    for (int i = 0; i < kRows; ++i) {
-      const int row = row0 + get<0>(coord(i, 0));
-      const Range keys = window.keys_of_row(row, ext.valid_keys);
-      const bool row_ok = row < ext.valid_rows;
-      const int lo = keys.lo - first_col;
-      const int hi = keys.hi - first_col;
-      CUTE_UNROLL
-      for (int j = 0; j < size<1>(scores); ++j) {
-        const int offset = get<1>(coord(i, j)) - get<1>(coord(0, 0));  // folds to a constant
-        if (!row_ok || offset < lo || offset >= hi) scores(i, j) = -INFINITY;
-      }
-    }
-  }
-  if (masks && ext.has_segments()) {
-    const int32_t* kv_ids = e.kv_segment_ids + int64_t(ext.b) * ext.s;
-    CUTE_UNROLL
-    for (int i = 0; i < kRows; ++i) {
-      const int q_id = e.q_segment_ids[int64_t(ext.b) * ext.t + rows[i]];
-      CUTE_UNROLL
-      for (int j = 0; j < size<1>(scores); ++j) {
-        if (kv_ids[clamped_col(j)] != q_id) scores(i, j) = -INFINITY;
-      }
-    }
-  }
-  if (masks && e.mask) {
-    CUTE_UNROLL
-    for (int i = 0; i < kRows; ++i) {
-      const uint8_t* mask_row = e.mask + ext.pair_offset(e.mask_stride, rows[i], 0);
-      CUTE_UNROLL
-      for (int j = 0; j < size<1>(scores); ++j) {
-        if (mask_row[clamped_col(j) * e.mask_stride[3]] == 0) scores(i, j) = -INFINITY;
-      }
-    }
-  }
-  // ext.logit() as two passes with their branches hoisted. Per score, logit() tested for
-  // softcap and bias and recomputed the bias offset: the bias loads went one at a time and a
-  // branch every ~25 instructions missed the instruction cache (ncu: no_inst and long_sb
-  // stalls led). H200, bf16 hdim 128, 16k, driver maskbench, TFLOP/s per score (of dense):
-  // softcap 196 -> 464 (0.30 -> 0.70), bias per key 98 -> 296 (0.15 -> 0.46); the extras
-  // kernel 11,232 -> 8,328 instructions, spills 150 -> 48 bytes.
-  if (ext.transforms()) {
-    // Softcap (or the scale alone): -inf stays -inf (softcap * tanh(-inf) is finite).
-    const bool capped = e.softcap != 0.f;
-    const float k = capped ? abs_scale * ext.inv_softcap : abs_scale;
-    const float cap = capped ? e.softcap : 1.f;
-    CUTE_UNROLL
-    for (int i = 0; i < kRows; ++i) {
-      CUTE_UNROLL
-      for (int j = 0; j < size<1>(scores); ++j) {
-        const float s = scores(i, j);
-        const float x = capped ? cap * tanhf(k * s) : k * s;
-        scores(i, j) = s == -INFINITY ? s : x;
-      }
-    }
-    if (e.bias) {  // then the bias: every load of a row issues before its adds
-      CUTE_UNROLL
-      for (int i = 0; i < kRows; ++i) {
-        const float* bias_row = e.bias + ext.pair_offset(e.bias_stride, rows[i], 0);
-        CUTE_UNROLL
-        for (int j = 0; j < size<1>(scores); ++j) {
-          scores(i, j) += bias_row[int64_t(clamped_col(j)) * e.bias_stride[3]];
-        }
-      }
     }
   }
 }
