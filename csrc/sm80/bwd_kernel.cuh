@@ -664,23 +664,27 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm)
             }
           }
         }
-        if (e.mask != nullptr) {
+        // f(mt, nt, q, value) for every element, value = arr[b, head, row, col] (clamped).
+        auto each_pair = [&](const auto* arr, const int64_t(&stride)[4], auto&& f) {
 #pragma unroll
           for (int mt = 0; mt < kSdPMT; ++mt) {
 #pragma unroll
-            for (int half = 0; half < 2; ++half) {
-              const uint8_t* mask_row = e.mask + ex.pair_offset(
-                  e.mask_stride, clamped_row(row_base + mt * 16 + half * 8), 0);
+            for (int half = 0; half < 2; ++half) {  // one row pointer per row
+              const auto* row =
+                  arr + ex.pair_offset(stride, clamped_row(row_base + mt * 16 + half * 8), 0);
 #pragma unroll
               for (int nt = 0; nt < kSdPNT; ++nt) {
 #pragma unroll
                 for (int c = 0; c < 2; ++c) {
-                  hide(mt, nt, half * 2 + c,
-                       mask_row[int64_t(clamped_col(nt, c)) * e.mask_stride[3]] == 0);
+                  f(mt, nt, half * 2 + c, row[int64_t(clamped_col(nt, c)) * stride[3]]);
                 }
               }
             }
           }
+        };
+        if (e.mask != nullptr) {
+          each_pair(e.mask, e.mask_stride,
+                    [&](int mt, int nt, int q, uint8_t m) { hide(mt, nt, q, m == 0); });
         }
         auto is_seen = [&](int mt, int nt, int q) {
           const int bit = (mt * kSdPNT + nt) * 4 + q;
@@ -717,23 +721,9 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm)
               }
             }
           }
-          if (e.bias != nullptr) {  // every load of a row issues before its adds
-#pragma unroll
-            for (int mt = 0; mt < kSdPMT; ++mt) {
-#pragma unroll
-              for (int half = 0; half < 2; ++half) {
-                const float* bias_row = e.bias + ex.pair_offset(
-                    e.bias_stride, clamped_row(row_base + mt * 16 + half * 8), 0);
-#pragma unroll
-                for (int nt = 0; nt < kSdPNT; ++nt) {
-#pragma unroll
-                  for (int c = 0; c < 2; ++c) {
-                    x[mt][nt][half * 2 + c] +=
-                        bias_row[int64_t(clamped_col(nt, c)) * e.bias_stride[3]];
-                  }
-                }
-              }
-            }
+          if (e.bias != nullptr) {
+            each_pair(e.bias, e.bias_stride,
+                      [&](int mt, int nt, int q, float bias) { x[mt][nt][q] += bias; });
           }
         }
         // P = 2^(logit log2 e - lse log2 e), or of scale_log2 * s without transforms; a
