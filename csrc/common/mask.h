@@ -104,8 +104,11 @@ inline bool extras_consistent(const AttnParams& p) {
 //      hold one shared id (spans_all_match), from the per-chunk (min, max) ids;
 //   3. per_element (bias, mask, softcap): every tile runs the element path.
 // A tile needs the element path iff  per_element() || it crosses a window edge, valid_keys
-// or valid_rows || (has_segments() && !spans_all_match(...)). On that path, visible() says
-// whether a pair is seen at all and logit() transforms the scores of seen pairs.
+// or valid_rows || (has_segments() && !spans_all_match(...)). On that path a pair is seen
+// iff its row < valid_rows, its key is inside the row's window clipped to valid_keys, the
+// segment ids match and the mask is true; a seen pair's logit is softcap * tanh(scale * s /
+// softcap) (or scale * s), plus bias (common/softmax.cuh extras_tile, the backward's
+// element_exp).
 struct Extras {
   const ExtraParams* e;
   int b, head;
@@ -123,8 +126,8 @@ struct Extras {
 
   __device__ __forceinline__ bool has_segments() const { return e->q_segment_ids != nullptr; }
   __device__ __forceinline__ bool per_element() const { return e->per_element; }
-  // With bias or softcap the element path turns scores into natural-unit logits (logit()),
-  // so such a call runs its whole softmax with scale 1 (log2(e) in exp2 units).
+  // With bias or softcap the element path turns scores into natural-unit logits, so such a
+  // call runs its whole softmax with scale 1 (log2(e) in exp2 units).
   __device__ __forceinline__ bool transforms() const {
     return e->bias != nullptr || e->softcap != 0.f;
   }
@@ -154,32 +157,6 @@ struct Extras {
   // Every pair matches: one id on both sides.
   __device__ __forceinline__ static bool spans_all_match(int2 rows, int2 keys) {
     return rows.x == rows.y && keys.x == keys.y && rows.x == keys.x;
-  }
-
-  // Is key j seen from row i (absolute indices)? Every rule: lengths, window, segments, mask.
-  __device__ __forceinline__ bool visible(const Window& window, int i, int j) const {
-    if (i >= valid_rows || j >= valid_keys) return false;
-    const Range keys = window.keys_of_row(i, valid_keys);
-    if (j < keys.lo || j >= keys.hi) return false;
-    if (has_segments() &&
-        e->q_segment_ids[int64_t(b) * t + i] != e->kv_segment_ids[int64_t(b) * s + j]) {
-      return false;
-    }
-    return e->mask == nullptr || e->mask[pair_offset(e->mask_stride, i, j)] != 0;
-  }
-
-  // Natural-unit logit of a seen pair from scaled = scale * q.k: softcap, then bias.
-  // tanh_out = tanh(scaled / softcap) (0 without softcap), for the backward's
-  // d logit / d scaled = 1 - tanh_out^2.
-  __device__ __forceinline__ float logit(float scaled, int i, int j, float& tanh_out) const {
-    tanh_out = 0.f;
-    float x = scaled;
-    if (e->softcap != 0.f) {
-      tanh_out = tanhf(scaled * inv_softcap);
-      x = e->softcap * tanh_out;
-    }
-    if (e->bias) x += e->bias[pair_offset(e->bias_stride, i, j)];
-    return x;
   }
 
   // Offset of (b, head, i, j) in a broadcastable [B|1, N|1, T|1, S|1] array (bias, mask;

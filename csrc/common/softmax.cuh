@@ -39,9 +39,9 @@ __device__ __forceinline__ void mask_scores(Scores& scores, Coord const& coord, 
   }
 }
 
-// The element path of a tile under extras (mask.h Extras): scores of pairs that ext.visible()
-// rejects become -inf; with ext.transforms() the others become natural-unit logits
-// (ext.logit(scale * s)), and the caller runs the softmax with scale 1. `abs_scale` is
+// The element path of a tile under extras (mask.h Extras, which states the rules): scores of
+// hidden pairs become -inf; with ext.transforms() the others become natural-unit logits, and
+// the caller runs the softmax with scale 1. `abs_scale` is
 // |scale| (a negative scale has already negated the scores). masks = false (a block that
 // ExtraKeyBlocks::masks() clears: inside every rule) runs the transform alone: bias and
 // softcap blocks away from window edges, lengths and segment borders skip the mask passes.
@@ -98,10 +98,10 @@ __device__ __forceinline__ void extras_tile(Scores& scores, Coord const& coord, 
       }
     }
   }
-  // ext.logit() as two passes with their branches hoisted. Per score, logit() tested for
-  // softcap and bias and recomputed the bias offset: the bias loads went one at a time and a
-  // branch every ~25 instructions missed the instruction cache (ncu: no_inst and long_sb
-  // stalls led). H200, bf16 hdim 128, 16k, driver maskbench, TFLOP/s per score (of dense):
+  // The logits as two passes with their branches hoisted. A per-score function (the former
+  // Extras::logit) tested for softcap and bias and recomputed the bias offset: the bias loads
+  // went one at a time and a branch every ~25 instructions missed the instruction cache (ncu:
+  // no_inst and long_sb stalls led). H200, bf16 hdim 128, 16k, driver maskbench, TFLOP/s per score (of dense):
   // softcap 196 -> 464 (0.30 -> 0.70), bias per key 98 -> 296 (0.15 -> 0.46); the extras
   // kernel 11,232 -> 8,328 instructions, spills 150 -> 48 bytes.
   if (ext.transforms()) {

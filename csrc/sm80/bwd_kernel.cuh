@@ -532,6 +532,8 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm)
     // the exponential stays correct for any sign of the scale.)
     constexpr int kElems = kSdPMT * kSdPNT * 4;
     uint32_t visible[(kElems + 31) / 32];
+    // The bit of accumulator element x[mt][nt][q].
+    auto bit_of = [](int mt, int nt, int q) { return (mt * kSdPNT + nt) * 4 + q; };
     auto compute_mask = [&]() {
 #pragma unroll
       for (int w = 0; w < (kElems + 31) / 32; ++w) visible[w] = ~0u;
@@ -554,7 +556,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm)
 #pragma unroll
               for (int c = 0; c < 2; ++c) {
                 const int j = n_start + sdp_n0 + nt * 8 + 2 * (lane_now % 4) + c;
-                const int bit = (mt * kSdPNT + nt) * 4 + half * 2 + c;
+                const int bit = bit_of(mt, nt, half * 2 + c);
                 if (j < lo || j > hi) visible[bit / 32] &= ~(1u << (bit % 32));
               }
             }
@@ -563,8 +565,9 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm)
       }
     };
 
-    // P = exp(scale * S - lse) in place, masked.
-    auto exponentiate = [&](float (&x)[kSdPMT][kSdPNT][4]) {
+    // P = 2^(scale_log2 * S - lse log2 e) in place, masked: scale_log2 = p.scale_log2 for raw
+    // scores, log2 e for the element path's natural-unit logits.
+    auto exponentiate = [&](float (&x)[kSdPMT][kSdPNT][4], float scale_log2) {
 #pragma unroll
       for (int mt = 0; mt < kSdPMT; ++mt) {
 #pragma unroll
@@ -576,9 +579,9 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm)
           for (int nt = 0; nt < kSdPNT; ++nt) {
 #pragma unroll
             for (int c = 0; c < 2; ++c) {
-              const int bit = (mt * kSdPNT + nt) * 4 + half * 2 + c;
+              const int bit = bit_of(mt, nt, half * 2 + c);
               float& v = x[mt][nt][half * 2 + c];
-              const float e = exp2f(fmaf(v, p.scale_log2, -lse2));
+              const float e = exp2f(fmaf(v, scale_log2, -lse2));
               v = (visible[bit / 32] >> (bit % 32)) & 1u ? e : 0.f;
             }
           }
@@ -596,18 +599,17 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm)
              ((((sdp_n0 >> 3) + nt) ^ gg) << 4);
     };
 
-    // The element path, before dP: the rules of Extras::visible, logits through softcap and
-    // bias (Extras::logit), P = exp(logit - lse) in place; hidden pairs and rows with
-    // lse = -inf give P = 0, so dS below is 0 there too. With softcap, 1 - tanh^2 of each
-    // pair waits in its dS slot (half precision: dS is rounded to 16 bits anyway).
-    // One pass per rule over the whole fragment, each behind one warp-uniform branch, with the
-    // per-row and per-column parts hoisted and every load unconditional (indices clamped into
-    // the valid rows and keys; a clamped pair is hidden by the first pass): per pair, the
-    // rules cost a compare and a load, not a call with its branches and 64-bit offsets.
+    // The element path, before dP: every rule of the extras, logits through softcap and bias,
+    // P = exp(logit - lse) in place; hidden pairs and rows with lse = -inf give P = 0, so dS
+    // below is 0 there too. With softcap, 1 - tanh^2 of each pair waits in its dS slot (half
+    // precision: dS is rounded to 16 bits anyway). The window and the keys' end come from
+    // compute_mask; then one pass per remaining rule into the same bits, each behind one
+    // warp-uniform branch, with the per-row and per-column parts hoisted and every load
+    // unconditional (indices clamped into the valid rows and keys; a clamped pair is hidden
+    // anyway): per pair, a rule costs a compare and a load.
     auto element_exp = [&](float (&x)[kSdPMT][kSdPNT][4]) {
       if constexpr (kExtras != kNoExtras) {
         const ExtraParams& e = p.extra;
-        const Window window{p.window_left, p.window_right};
         const int lane_now = lane_id();
         const int row_base = m0 + sdp_m0 + lane_now / 4;             // + mt * 16 + half * 8
         const int col_base = n_start + sdp_n0 + 2 * (lane_now % 4);  // + nt * 8 + c
@@ -615,55 +617,10 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm)
         auto clamped_col = [&](int nt, int c) {
           return max(min(col_base + nt * 8 + c, ex.valid_keys - 1), 0);
         };
-        // Visibility, one bit per accumulator element (bit = (mt * kSdPNT + nt) * 4 + q).
-        uint32_t seen[(kElems + 31) / 32];
-#pragma unroll
-        for (int w = 0; w < (kElems + 31) / 32; ++w) seen[w] = 0u;
         auto hide = [&](int mt, int nt, int q, bool hidden) {
-          const int bit = (mt * kSdPNT + nt) * 4 + q;
-          if (hidden) seen[bit / 32] &= ~(1u << (bit % 32));
+          const int bit = bit_of(mt, nt, q);
+          if (hidden) visible[bit / 32] &= ~(1u << (bit % 32));
         };
-        // Window and lengths (keys_of_row is clipped to valid_keys).
-#pragma unroll
-        for (int mt = 0; mt < kSdPMT; ++mt) {
-#pragma unroll
-          for (int half = 0; half < 2; ++half) {
-            const int i = row_base + mt * 16 + half * 8;
-            const Range keys = window.keys_of_row(i, ex.valid_keys);
-            const bool row_ok = i < ex.valid_rows;
-#pragma unroll
-            for (int nt = 0; nt < kSdPNT; ++nt) {
-#pragma unroll
-              for (int c = 0; c < 2; ++c) {
-                const int j = col_base + nt * 8 + c;
-                const int bit = (mt * kSdPNT + nt) * 4 + half * 2 + c;
-                if (row_ok && j >= keys.lo && j < keys.hi) seen[bit / 32] |= 1u << (bit % 32);
-              }
-            }
-          }
-        }
-        if (ex.has_segments()) {
-          const int32_t* kv_ids = e.kv_segment_ids + int64_t(ex.b) * ex.s;
-          int key_ids[kSdPNT][2];  // this thread's columns' ids, once per tile
-#pragma unroll
-          for (int nt = 0; nt < kSdPNT; ++nt) {
-#pragma unroll
-            for (int c = 0; c < 2; ++c) key_ids[nt][c] = kv_ids[clamped_col(nt, c)];
-          }
-#pragma unroll
-          for (int mt = 0; mt < kSdPMT; ++mt) {
-#pragma unroll
-            for (int half = 0; half < 2; ++half) {
-              const int q_id = e.q_segment_ids[int64_t(ex.b) * ex.t +
-                                               clamped_row(row_base + mt * 16 + half * 8)];
-#pragma unroll
-              for (int nt = 0; nt < kSdPNT; ++nt) {
-#pragma unroll
-                for (int c = 0; c < 2; ++c) hide(mt, nt, half * 2 + c, key_ids[nt][c] != q_id);
-              }
-            }
-          }
-        }
         // f(mt, nt, q, value) for every element, value = arr[b, head, row, col] (clamped).
         auto each_pair = [&](const auto* arr, const int64_t(&stride)[4], auto&& f) {
 #pragma unroll
@@ -682,14 +639,42 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm)
             }
           }
         };
+        compute_mask();  // the window and the keys' end (kv_seqlen)
+        // Rows past q_seqlen (their lse is -inf as well), then segment ids: the tile's column
+        // ids once, one row id per row. Skipped where neither applies (softcap, bias, mask).
+        if (ex.has_segments() || m0 + kBr > ex.valid_rows) {
+          const int32_t* kv_ids = e.kv_segment_ids + int64_t(ex.b) * ex.s;
+          int key_ids[kSdPNT][2] = {};
+          if (ex.has_segments()) {
+#pragma unroll
+            for (int nt = 0; nt < kSdPNT; ++nt) {
+#pragma unroll
+              for (int c = 0; c < 2; ++c) key_ids[nt][c] = kv_ids[clamped_col(nt, c)];
+            }
+          }
+#pragma unroll
+          for (int mt = 0; mt < kSdPMT; ++mt) {
+#pragma unroll
+            for (int half = 0; half < 2; ++half) {
+              const int i = row_base + mt * 16 + half * 8;
+              const bool row_ok = i < ex.valid_rows;
+              const int q_id =
+                  ex.has_segments() ? e.q_segment_ids[int64_t(ex.b) * ex.t + clamped_row(i)] : 0;
+#pragma unroll
+              for (int nt = 0; nt < kSdPNT; ++nt) {
+#pragma unroll
+                for (int c = 0; c < 2; ++c) {
+                  hide(mt, nt, half * 2 + c,
+                       !row_ok || (ex.has_segments() && key_ids[nt][c] != q_id));
+                }
+              }
+            }
+          }
+        }
         if (e.mask != nullptr) {
           each_pair(e.mask, e.mask_stride,
                     [&](int mt, int nt, int q, uint8_t m) { hide(mt, nt, q, m == 0); });
         }
-        auto is_seen = [&](int mt, int nt, int q) {
-          const int bit = (mt * kSdPNT + nt) * 4 + q;
-          return (seen[bit / 32] >> (bit % 32)) & 1u;
-        };
         // Logits (kLogits): scale * s, then softcap, then bias, in natural units.
         const bool softcap = kExtras == kLogits && e.softcap != 0.f;
         const bool transforms = kExtras == kLogits && ex.transforms();
@@ -708,7 +693,8 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm)
                     float& v = x[mt][nt][half * 2 + c];
                     const float th = tanhf(k * v);
                     v = e.softcap * th;
-                    d[c] = is_seen(mt, nt, half * 2 + c) ? 1.f - th * th : 1.f;
+                    const int bit = bit_of(mt, nt, half * 2 + c);
+                    d[c] = (visible[bit / 32] >> (bit % 32)) & 1u ? 1.f - th * th : 1.f;
                   }
                   const __half2 d2 = __floats2half2_rn(d[0], d[1]);
                   asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(score_slot(sDS, mt, nt, half)),
@@ -726,26 +712,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm)
                       [&](int mt, int nt, int q, float bias) { x[mt][nt][q] += bias; });
           }
         }
-        // P = 2^(logit log2 e - lse log2 e), or of scale_log2 * s without transforms; a
-        // select (not a multiply) zeroes hidden pairs, whatever their exponent gave.
-        const float to_log2 = transforms ? kLog2e : p.scale_log2;
-#pragma unroll
-        for (int mt = 0; mt < kSdPMT; ++mt) {
-#pragma unroll
-          for (int half = 0; half < 2; ++half) {
-            const float lse = sLse[stage * kBr + sdp_m0 + mt * 16 + lane_now / 4 + half * 8];
-            const float lse2 = lse == -INFINITY ? INFINITY : lse * kLog2e;
-#pragma unroll
-            for (int nt = 0; nt < kSdPNT; ++nt) {
-#pragma unroll
-              for (int c = 0; c < 2; ++c) {
-                float& v = x[mt][nt][half * 2 + c];
-                const float pv = exp2f(fmaf(v, to_log2, -lse2));
-                v = is_seen(mt, nt, half * 2 + c) ? pv : 0.f;
-              }
-            }
-          }
-        }
+        exponentiate(x, transforms ? kLog2e : p.scale_log2);
       }
     };
 
@@ -837,7 +804,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm)
       warp_gemm<Element, kSdPMT, kSdPNT, kH, false, kH, false, kH>(s, sQ, sdp_m0, sK, sdp_n0);
       zero(dp);
       warp_gemm<Element, kSdPMT, kSdPNT, kH, false, kH, false, kH>(dp, sDO, sdp_m0, sV, sdp_n0);
-      exponentiate(s);
+      exponentiate(s, p.scale_log2);
       store_scores(sP, s);
       grad_scores();
     } else {
@@ -849,7 +816,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kCtasPerSm)
         element_exp(s);
       } else {
         compute_mask();
-        exponentiate(s);
+        exponentiate(s, p.scale_log2);
       }
       store_scores(sP, s);
       zero(dp);
