@@ -138,6 +138,17 @@ def test_unsorted_segments_and_sliding_window(arch):
 
 
 @gpu_test
+@pytest.mark.parametrize("arch", _families())
+def test_bias_rows_past_2_24_keys(arch):
+  """A per-row bias whose rows hold more than 2^24 keys: offsets within one tile of it pass
+  2^31 elements (the kernels address extras with 64-bit offsets), and dbias comes back."""
+  rng = np.random.default_rng(14)
+  s = 2**24 + 72
+  kw = dict(bias=rng.standard_normal((1, 1, 2, s), np.float32), is_causal=False)
+  _run_case("long_bias", "bf16", 1, 2, s, 1, 1, 8, arch, features=kw)
+
+
+@gpu_test
 def test_kernels_take_every_feature_under_implementation_none():
   """Routing: with the kernels available, implementation=None runs them for every extra
   (no fallback log), i.e. the compiled program holds the custom call."""

@@ -45,15 +45,6 @@ inline bool fwd_aligned(const FwdParams& p) {
 template <class Traits, bool kExtras>
 cudaError_t launch_fwd_kernel(const FwdParams& p, cudaStream_t stream, FwdOrder order) {
   using Element = typename Traits::Element;
-  // A limit kept from an earlier element path (32-bit offsets within a tile; extras_tile
-  // takes 64-bit ones): a [T, S] bias past it holds over 2^24 keys per row.
-  auto tile_span_fits = [](const int64_t (&st)[4]) {
-    return (Traits::kBlockM - 1) * st[2] + (Traits::kBlockN - 1) * st[3] <= INT32_MAX;
-  };
-  if ((p.extra.bias && !tile_span_fits(p.extra.bias_stride)) ||
-      (p.extra.mask && !tile_span_fits(p.extra.mask_stride))) {
-    return cudaErrorInvalidValue;
-  }
   if (p.h <= 0 || p.h % 8 != 0 || p.h > Traits::kHeadDim || p.hv != p.h || p.b < 0 || p.t < 0 ||
       p.s < 0 || p.n <= 0 || p.n_kv <= 0 || p.group <= 0 || p.n != p.n_kv * p.group ||
       p.window_left < 0 || p.window_right < 0 || !fwd_aligned<Element>(p) ||
