@@ -4,7 +4,13 @@ Protocol (../shared/BENCHMARKS.md, FlashAttention's): 16384 tokens per batch
 (B = tokens // T), hidden 2048 (N = hidden // H), T = S, random normal inputs;
 FLOPs fwd = 4*B*N*T*S*H (halved when causal), bwd = 2.5 x fwd, and the backward time is
 time(fwd+bwd through jax.vjp) - time(fwd). Each timing: jit, two warm-up calls, then 10
-calls enqueued and the last one blocked on; the median of 5 such repeats.
+calls enqueued and the last one blocked on; the median of 5 such repeats. Before its 5 x 10
+calls each function runs back to back for --settle-s seconds (0.3; time_settled): the GPU's
+clock follows its load with a lag of tens of ms, so without it a peer timed right after
+another's fwd+bwd ran at the clock that work left (H200, session 7: jax_flash's hdim-256
+forward at seqlen 512 took 0.188 ms per call in the point-after-point run of session 5 and
+0.151 ms in 10-call blocks on its own; cuDNN's 0.170 and 0.157). --settle-s 0 times as the
+bare protocol does.
 
 All peers run in this one process, point after point (a point runs every peer before
 the next point starts), so each ratio printed compares numbers taken seconds apart on
@@ -243,6 +249,16 @@ def run_point(peers, point, dtype, directions, failed, records):
   _check_outputs(records[first:], {p: o for p, o in outputs.items() if o is not None})
 
 
+SETTLE_S = 0.3  # --settle-s
+
+
+def time_point(fn, args):
+  """Seconds per call and the last output: warm-ups (compile), settling, 5 x 10 calls."""
+  for _ in range(WARMUP):
+    jax.block_until_ready(fn(*args))
+  return time_settled(fn, args, SETTLE_S)
+
+
 def measure(peer, causal, args, flops, rec, with_bwd, failed):
   """Times the forward (and fwd+bwd) into rec; returns the forward output or None."""
   attn = lambda q, k, v: peer.fn(q, k, v, causal)
@@ -252,7 +268,7 @@ def measure(peer, causal, args, flops, rec, with_bwd, failed):
     return out, vjp(dout)
 
   try:
-    sec, out = time_per_call(jax.jit(attn), args[:3])
+    sec, out = time_point(jax.jit(attn), args[:3])
     rec["fwd_ms"], rec["fwd_tflops"] = sec * 1e3, flops / sec / 1e12
   except Exception as e:
     record_failure(rec, "fwd", e, failed)
@@ -260,7 +276,7 @@ def measure(peer, causal, args, flops, rec, with_bwd, failed):
     return None
   if with_bwd:
     try:
-      sec, _ = time_per_call(jax.jit(fwd_bwd), args)
+      sec, _ = time_point(jax.jit(fwd_bwd), args)
       rec["fwdbwd_ms"] = sec * 1e3
       rec["bwd_ms"] = rec["fwdbwd_ms"] - rec["fwd_ms"]
       if rec["bwd_ms"] > 0:
@@ -375,6 +391,9 @@ def parse_args(argv=None):
   p.add_argument("--directions", default="fwd,bwd")
   p.add_argument("--dtype", choices=("bf16", "fp16"), default="bf16")
   p.add_argument("--out", default="bench_out")
+  p.add_argument("--settle-s", type=float, default=None,
+                 help=f"seconds each function runs before its timing (default {SETTLE_S}; "
+                      "0 with --smoke)")
   p.add_argument("--budget-s", type=float, default=math.inf,
                  help="start no new point after this many seconds (device time limits)")
   p.add_argument("--memory", action="store_true", help="peak memory of fwd+bwd instead")
@@ -395,11 +414,14 @@ def main(argv=None):
     print("MEMORY_RESULT " + json.dumps(memory_point(name, int(seqlen), dtype, args.smoke)))
     return
   grid = SMOKE if args.smoke else FULL
+  global SETTLE_S
+  SETTLE_S = args.settle_s if args.settle_s is not None else (0.0 if args.smoke else SETTLE_S)
   meta = dict(device=jax.devices()[0].device_kind, backend=jax.default_backend(),
               jax=jax.__version__, dtype=args.dtype, tokens=grid["tokens"],
               hidden=grid["hidden"], command=" ".join(sys.argv),
               date=time.strftime("%Y-%m-%d %H:%M:%S"),
-              protocol=f"{WARMUP} warm-ups, median of {REPEATS} x {CALLS} enqueued calls")
+              protocol=f"{WARMUP} warm-ups, {SETTLE_S} s back to back, median of {REPEATS} x "
+                       f"{CALLS} enqueued calls")
   print(f"device: {meta['device']} ({meta['backend']}), jax {meta['jax']}")
   if args.memory:
     memory_mode(args, meta)

@@ -36,6 +36,8 @@ cases = {
   "window_16k": ((1, 16384, 16, 128), dict(is_causal=True, local_window_size=(1024, 0))),
   "dense_512": ((32, 512, 16, 128), dict()),
   "dense_1k": ((16, 1024, 16, 128), dict()),
+  "h256_512": ((32, 512, 8, 256), dict()),
+  "h256_1k": ((16, 1024, 8, 256), dict()),
 }
 for name, (shape, kw) in cases.items():
   q, k, v = (jax.random.normal(kk, shape, jnp.bfloat16) for kk in key)
