@@ -125,6 +125,20 @@ def test_packed_documents_skip_tiles(dtype_name, arch):
 
 @gpu_test
 @pytest.mark.parametrize("arch", _families())
+def test_packed_causal_documents_over_many_tiles(arch):
+  """Packed causal documents with several tiles per multiprocessor (2 x 16 heads x 32
+  q-blocks = 1024 tiles): the sm90 forward takes them in its dynamic order (a global
+  counter, scheduler.cuh), so CTAs finish in any order; every output row must still be
+  written once, by its own tile."""
+  rng = np.random.default_rng(16)
+  b, t = 2, 4096
+  ids = _packed(rng, b, t, 11)
+  kw = dict(is_causal=True, q_segment_ids=ids, kv_segment_ids=ids)
+  _run_case("packed_many", "bf16", b, t, t, 16, 4, 64, arch, features=kw)
+
+
+@gpu_test
+@pytest.mark.parametrize("arch", _families())
 def test_unsorted_segments_and_sliding_window(arch):
   """Segment ids in no order (tile ranges overlap without matching everywhere) with a
   sliding window over a long sequence, and lengths of 0 (rows that see nothing)."""

@@ -16,10 +16,12 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <optional>
 #include <string>
 #include <tuple>
 #include <vector>
 
+#include "common/mask.h"  // dynamic_tile_order
 #include "dispatch/dispatch.h"
 #include "params.h"
 #include "xla/ffi/api/ffi.h"
@@ -359,8 +361,9 @@ ffi::Error prepare_device(const char* target, int32_t device, int32_t force_arch
   return check_kernel(target, info, force_arch, p);
 }
 
-ffi::Error FwdImpl(cudaStream_t stream, int32_t device, ffi::AnyBuffer q, ffi::AnyBuffer k,
-                   ffi::AnyBuffer v, ffi::RemainingArgs extra_args,
+ffi::Error FwdImpl(cudaStream_t stream, int32_t device, ffi::ScratchAllocator scratch,
+                   ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::AnyBuffer v,
+                   ffi::RemainingArgs extra_args,
                    ffi::Result<ffi::AnyBuffer> o, ffi::Result<ffi::Buffer<ffi::F32>> lse,
                    float scale, int32_t window_left, int32_t window_right, float softcap,
                    int32_t extras, int32_t force_arch) {
@@ -390,6 +393,14 @@ ffi::Error FwdImpl(cudaStream_t stream, int32_t device, ffi::AnyBuffer q, ffi::A
 
   DeviceInfo info;
   if (auto e = prepare_device(kTarget, device, force_arch, p, info); e.failure()) return e;
+  if (dynamic_tile_order(p)) {  // the sm90 kernel's tile counter (FwdParams::tile_counter)
+    std::optional<void*> counter = scratch.Allocate(sizeof(int), sizeof(int));
+    if (!counter.has_value()) {
+      return ffi::Error(ffi::ErrorCode::kResourceExhausted,
+                        std::string(kTarget) + ": no 4 bytes of scratch for the tile counter");
+    }
+    p.tile_counter = static_cast<int*>(*counter);
+  }
   if (cudaError_t st = dispatch_fwd(p, info.cc, force_arch, stream); st != cudaSuccess) {
     return cuda_error(kTarget, "the forward kernel", st);
   }
@@ -507,6 +518,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxFlashFwd, jax_flash::FwdImpl,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::PlatformStream<cudaStream_t>>()
                                   .Ctx<ffi::DeviceOrdinal>()
+                                  .Ctx<ffi::ScratchAllocator>()
                                   .Arg<ffi::AnyBuffer>()               // q   [L..., T, N, H]
                                   .Arg<ffi::AnyBuffer>()               // k   [L..., S, K, H]
                                   .Arg<ffi::AnyBuffer>()               // v   [L..., S, K, Hv]

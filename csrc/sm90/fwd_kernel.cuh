@@ -57,9 +57,13 @@ namespace jax_flash::sm90 {
 
 // kExtras: the call has lengths, segment ids, bias, mask or softcap (params.h ExtraParams);
 // a separate instantiation, so calls without them run the code they ran before extras existed.
-template <class Traits, bool kExtras>
+// kDynamic: tiles in the dynamic order (scheduler.cuh; extras only, common/mask.h
+// dynamic_tile_order()), a third instantiation: the tile feed's state made the static extras
+// kernel spill more (bias 296 -> 234 TFLOP/s, softcap -6%, H200 driver).
+template <class Traits, bool kExtras, bool kDynamic = false>
 __global__ void __launch_bounds__(Traits::kNThreads, 1)
     fwd_kernel(const __grid_constant__ KernelParams<Traits> kp) {
+  static_assert(kExtras || !kDynamic, "the dynamic order is the extras kernel's");
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ == 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using namespace cute;
   using Mainloop = FwdMainloop<Traits>;
@@ -87,6 +91,11 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
       Barrier::init(&st.v_full[i], 1);
       Barrier::init(&st.v_empty[i], Traits::kConsumerWarps);
     }
+    CUTE_UNROLL
+    for (int i = 0; i < Traits::kTileSlots; ++i) {
+      Barrier::init(&st.tile_full[i], 1);
+      Barrier::init(&st.tile_empty[i], Traits::kConsumerWarps);
+    }
     cutlass::arch::fence_barrier_init();
   }
   __syncthreads();
@@ -104,24 +113,54 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
       }
       Pipe k_write, v_write;
       int q_iter = 0;
-      for (int round = 0, linear; (linear = sched.linear(round)) < sched.num_tiles; ++round) {
-        const Tile tile = sched.tile(linear);
-        if constexpr (kExtras) {
-          ExtraKeyBlocks<kBlockM, kBlockN> blocks(p, tile.m_block, tile.batch, tile.head);
-          if (blocks.empty()) continue;
-          Mainloop::load(kp, st, tile, blocks, k_write, v_write, q_iter);
-        } else {
-          KeyBlocks blocks = key_blocks<kBlockM, kBlockN>(p, tile.m_block);
-          if (blocks.empty()) continue;
-          Mainloop::load(kp, st, tile, blocks, k_write, v_write, q_iter);
+      if constexpr (kDynamic) {
+        // This CTA's first tile is blockIdx.x, each later one the next value of the launch's
+        // counter (lane 0 takes it after issuing the tile's loads), announced to the consumers
+        // through the tile feed; the first index past the tiles ends both sides.
+        TileFeed<Traits::kTileSlots, typename Traits::SharedStorage> feed{st};
+        for (int linear = blockIdx.x;;) {
+          feed.publish(linear);
+          if (linear >= sched.num_tiles) break;
+          {
+            const Tile tile = sched.tile(linear);
+            ExtraKeyBlocks<kBlockM, kBlockN> blocks(p, tile.m_block, tile.batch, tile.head);
+            if (!blocks.empty()) {
+              Mainloop::load(kp, st, tile, blocks, k_write, v_write, q_iter);
+              ++q_iter;
+            }
+          }
+          int next = 0;
+          if (threadIdx.x == 0) next = int(gridDim.x) + atomicAdd(kp.fwd.tile_counter, 1);
+          linear = __shfl_sync(0xffffffffu, next, 0);
         }
-        ++q_iter;
+      } else {
+        for (int round = 0, linear; (linear = sched.linear(round)) < sched.num_tiles; ++round) {
+          const Tile tile = sched.tile(linear);
+          if constexpr (kExtras) {
+            ExtraKeyBlocks<kBlockM, kBlockN> blocks(p, tile.m_block, tile.batch, tile.head);
+            if (blocks.empty()) continue;
+            Mainloop::load(kp, st, tile, blocks, k_write, v_write, q_iter);
+          } else {
+            KeyBlocks blocks = key_blocks<kBlockM, kBlockN>(p, tile.m_block);
+            if (blocks.empty()) continue;
+            Mainloop::load(kp, st, tile, blocks, k_write, v_write, q_iter);
+          }
+          ++q_iter;
+        }
       }
     }
   } else {
     // ---- consumers ----
     cutlass::arch::warpgroup_reg_alloc<Traits::kConsumerRegs>();
-    Mainloop::template consume<kExtras>(kp, st, sched, warp_group - 1, threadIdx.x - 128);
+    const int wg = warp_group - 1, ctid = threadIdx.x - 128;
+    if constexpr (kDynamic) {
+      TileFeed<Traits::kTileSlots, typename Traits::SharedStorage> feed{st};
+      Mainloop::template consume<kExtras>(kp, st, sched, wg, ctid, [&]() { return feed.take(); });
+    } else {
+      int round = 0;
+      Mainloop::template consume<kExtras>(kp, st, sched, wg, ctid,
+                                          [&]() { return sched.linear(round++); });
+    }
   }
 #elif defined(__CUDA_ARCH__)
   __trap();  // built without sm_90a (wgmma, setmaxnreg): fail loudly rather than return garbage

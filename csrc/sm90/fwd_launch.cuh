@@ -74,13 +74,13 @@ inline int tile_section(const AttnParams& p, int64_t num_m_blocks) {
 // One kernel of a traits (kExtras: has_extras(p.extra), checked by the caller).
 // section: the tile order (scheduler.cuh), or -1 for tile_section()'s choice; snake: odd
 // rounds backwards (scheduler.cuh; false only for tests/cuda's comparison).
-template <class Traits, bool kExtras>
+template <class Traits, bool kExtras, bool kDynamic = false>
 cudaError_t launch_fwd_kernel(const FwdParams& p, cudaStream_t stream, int section, bool snake) {
   using Element = typename Traits::Element;
   if (p.h <= 0 || p.h % 8 != 0 || p.h > Traits::kHeadDim || p.hv != p.h || p.b < 0 || p.t < 0 ||
       p.s < 0 || p.n <= 0 || p.n_kv <= 0 || p.group <= 0 || p.n != p.n_kv * p.group ||
       p.window_left < 0 || p.window_right < 0 || !extras_consistent(p) ||
-      has_extras(p.extra) != kExtras) {
+      has_extras(p.extra) != kExtras || (kDynamic && p.tile_counter == nullptr)) {
     return cudaErrorInvalidValue;
   }
   if (p.b == 0 || p.t == 0) return cudaSuccess;
@@ -120,10 +120,14 @@ cudaError_t launch_fwd_kernel(const FwdParams& p, cudaStream_t stream, int secti
                    : tile_section(p, num_m_blocks),
       snake};
 
-  auto kernel = &fwd_kernel<Traits, kExtras>;
+  auto kernel = &fwd_kernel<Traits, kExtras, kDynamic>;
   constexpr int kSmem = Traits::kSmemBytes;
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
   if (err != cudaSuccess) return err;
+  if constexpr (kDynamic) {  // the dynamic tile order's counter (scheduler.cuh)
+    err = cudaMemsetAsync(p.tile_counter, 0, sizeof(int), stream);
+    if (err != cudaSuccess) return err;
+  }
   const int grid = int(num_tiles < num_sms ? num_tiles : num_sms);
   kernel<<<grid, Traits::kNThreads, kSmem, stream>>>(kp);
   return cudaGetLastError();
@@ -132,8 +136,9 @@ cudaError_t launch_fwd_kernel(const FwdParams& p, cudaStream_t stream, int secti
 // Both kernels of a traits, picked by the call's extras (tests/cuda tries tiles with this).
 template <class Traits>
 cudaError_t launch_fwd(const FwdParams& p, cudaStream_t stream, int section, bool snake = true) {
-  return has_extras(p.extra) ? launch_fwd_kernel<Traits, true>(p, stream, section, snake)
-                             : launch_fwd_kernel<Traits, false>(p, stream, section, snake);
+  if (!has_extras(p.extra)) return launch_fwd_kernel<Traits, false>(p, stream, section, snake);
+  return dynamic_tile_order(p) ? launch_fwd_kernel<Traits, true, true>(p, stream, section, snake)
+                               : launch_fwd_kernel<Traits, true>(p, stream, section, snake);
 }
 
 // The library's entry: the default traits, or the wide tiles (fwd_traits.h) where

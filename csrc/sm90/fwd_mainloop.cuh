@@ -137,9 +137,11 @@ struct FwdMainloop {
   // the consumers. Every warpgroup walks the same tiles and the same key blocks (computed for
   // the whole kBlockM-row tile), which the ping-pong turns and the per-warp empty-barrier
   // arrivals (kConsumerWarps per phase) rely on.
-  template <bool kExtras>
+  // next_tile() gives the linear index of the CTA's next tile (>= sched.num_tiles: no more).
+  template <bool kExtras, class NextTile>
   static __device__ __forceinline__ void consume(const Params& kp, Storage& st,
-                                                 const TileScheduler& sched, int wg, int ctid) {
+                                                 const TileScheduler& sched, int wg, int ctid,
+                                                 NextTile&& next_tile) {
     using namespace cute;
     using Blocks = std::conditional_t<kExtras, ExtraKeyBlocks<kBlockM, kBlockN>, KeyBlocks>;
     using Softmax = OnlineSoftmax<kRows>;
@@ -291,7 +293,7 @@ struct FwdMainloop {
     };
 
     int q_iter = 0;  // non-empty tiles begun: the Q buffer and its phase
-    for (int round = 0, linear; (linear = sched.linear(round)) < sched.num_tiles; ++round) {
+    for (int linear; (linear = next_tile()) < sched.num_tiles;) {
       const Tile tile = sched.tile(linear);
       const int row0 = tile.m_block * kBlockM;
       Blocks blocks = make_blocks(tile);

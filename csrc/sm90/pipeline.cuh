@@ -47,6 +47,42 @@ __device__ __forceinline__ void release(uint64_t* empty, PipeState<kStages>& st)
   st.advance();
 }
 
+// The extras kernel's dynamic tile order (scheduler.cuh): the producer warp announces each tile
+// it takes, and the sentinel >= num_tiles that ends the CTA, in a ring of kSlots shared-memory
+// slots; every consumer warp reads each one. full: the producer's one arrival; empty: one per
+// consumer warp (kConsumerWarps, the count `empty` was initialized with). The slot is written
+// before, and read after, the mbarrier arrive (release) / wait (acquire) that orders it.
+// Storage: the kernel's SharedStorage (tile_slot, tile_full, tile_empty of kSlots each).
+// One counter (tiles announced or taken so far) gives the slot and the phase: the producer
+// runs on 24 registers, where a second one spilled.
+template <int kSlots, class Storage>
+struct TileFeed {
+  static_assert((kSlots & (kSlots - 1)) == 0, "a power of two: slot and phase by shifts");
+  Storage& st;
+  int count = 0;
+
+  // Producer warp (every lane; lane 0 writes): announce the linear tile index `linear`.
+  __device__ __forceinline__ void publish(int linear) {
+    const int i = count % kSlots;
+    Barrier::wait(&st.tile_empty[i], ((count / kSlots) & 1) ^ 1);
+    if (threadIdx.x % 32 == 0) {
+      *reinterpret_cast<volatile int*>(&st.tile_slot[i]) = linear;
+      Barrier::arrive(&st.tile_full[i]);
+    }
+    ++count;
+  }
+  // Consumer warps (every lane): the next announced tile index.
+  __device__ __forceinline__ int take() {
+    const int i = count % kSlots;
+    Barrier::wait(&st.tile_full[i], (count / kSlots) & 1);
+    const int linear = *reinterpret_cast<volatile int*>(&st.tile_slot[i]);
+    __syncwarp();
+    if (threadIdx.x % 32 == 0) Barrier::arrive(&st.tile_empty[i]);
+    ++count;
+    return linear;
+  }
+};
+
 // Turn-taking of the consumer warpgroups around their wgmma issues, in round-robin order
 // 0, 1, ..., kWarpGroups - 1, 0, ...: one named barrier of 256 threads per warpgroup, ids
 // kFirstId + wg. A warpgroup waits for its turn on its own barrier (128 threads) and passes the

@@ -403,6 +403,7 @@ bool run_case(const Variant& var, const Case& c, uint64_t seed) {
   const int64_t rows = int64_t(c.b) * c.n * c.t;
   p.o = o; p.o_batch_stride = obs; p.o_row_stride = qrow; p.o_head_stride = h;
   p.lse = static_cast<float*>(alloc(rows * 4));
+  p.tile_counter = static_cast<int*>(alloc(sizeof(int)));  // the extras kernel's tile order
   make_extras(c, seed, p, alloc);
 
   // Copy out the valid part of O ([B, T, N, H] rows, skipping the batch-stride gap).
@@ -667,6 +668,7 @@ int run_mask_bench(const std::vector<Variant>& vars) {
     base.q = qkv[0]; base.k = qkv[1]; base.v = qkv[2];
     base.o = alloc(elems * 2);
     base.lse = static_cast<float*>(alloc(int64_t(t) * heads * 4));
+    base.tile_counter = static_cast<int*>(alloc(sizeof(int)));
     base.q_batch_stride = base.k_batch_stride = base.v_batch_stride = base.o_batch_stride = elems;
     base.q_row_stride = base.k_row_stride = base.v_row_stride = base.o_row_stride = int64_t(heads) * h;
     base.q_head_stride = base.k_head_stride = base.v_head_stride = base.o_head_stride = h;
