@@ -81,7 +81,7 @@ inline bool has_extras(const ExtraParams& e) {
 // then gives it 4 bytes of scratch, FwdParams::tile_counter) for segment ids with a right
 // window edge (causal): a q-block's work then peaks at each document's end, where the static
 // heavy-first rounds expect it at the sequence's. H200 driver, 8 documents of 2k in 16k,
-// causal, TFLOP/s static -> dynamic: hdim 128 294-301 -> 403-405, 64: 210 -> 270, 256:
+// causal, TFLOP/s static -> dynamic: hdim 128 297-298 -> 423-425, 64: 210 -> 270, 256:
 // 327 -> 399. Other calls keep the static rounds (no better dynamic there in a model).
 inline bool dynamic_tile_order(const AttnParams& p) {
   return p.extra.q_segment_ids != nullptr && p.window_right != kUnbounded;

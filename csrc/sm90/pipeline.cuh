@@ -71,15 +71,20 @@ struct TileFeed {
     }
     ++count;
   }
-  // Consumer warps (every lane): the next announced tile index.
+  // Consumer warps (every lane): the next announced tile index. Lane 0 reads the slot and
+  // releases it, so the read and the release are one thread's, in program order (with every
+  // lane reading, compute-sanitizer racecheck reported the producer's next write to the slot
+  // as a WAR hazard).
   __device__ __forceinline__ int take() {
     const int i = count % kSlots;
     Barrier::wait(&st.tile_full[i], (count / kSlots) & 1);
-    const int linear = *reinterpret_cast<volatile int*>(&st.tile_slot[i]);
-    __syncwarp();
-    if (threadIdx.x % 32 == 0) Barrier::arrive(&st.tile_empty[i]);
+    int linear = 0;
+    if (threadIdx.x % 32 == 0) {
+      linear = *reinterpret_cast<volatile int*>(&st.tile_slot[i]);
+      Barrier::arrive(&st.tile_empty[i]);
+    }
     ++count;
-    return linear;
+    return __shfl_sync(0xffffffffu, linear, 0);
   }
 };
 
