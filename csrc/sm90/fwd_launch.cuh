@@ -133,7 +133,8 @@ cudaError_t launch_fwd_kernel(const FwdParams& p, cudaStream_t stream, int secti
   return cudaGetLastError();
 }
 
-// Both kernels of a traits, picked by the call's extras (tests/cuda tries tiles with this).
+// The kernels of a traits, picked by the call's extras: none, extras, or extras in the dynamic
+// tile order (common/mask.h dynamic_tile_order). tests/cuda tries tiles with this.
 template <class Traits>
 cudaError_t launch_fwd(const FwdParams& p, cudaStream_t stream, int section, bool snake = true) {
   if (!has_extras(p.extra)) return launch_fwd_kernel<Traits, false>(p, stream, section, snake);
