@@ -101,8 +101,8 @@ __device__ __forceinline__ void extras_tile(Scores& scores, Coord const& coord, 
   // The logits as two passes with their branches hoisted. A per-score function (the former
   // Extras::logit) tested for softcap and bias and recomputed the bias offset: the bias loads
   // went one at a time and a branch every ~25 instructions missed the instruction cache (ncu:
-  // no_inst and long_sb stalls led). H200, bf16 hdim 128, 16k, driver maskbench, TFLOP/s per score (of dense):
-  // softcap 196 -> 464 (0.30 -> 0.70), bias per key 98 -> 296 (0.15 -> 0.46); the extras
+  // no_inst and long_sb stalls led). H200, bf16 hdim 128, 16k, driver maskbench, TFLOP/s (of
+  // dense): softcap 196 -> 464 (0.30 -> 0.70), bias per key 98 -> 296 (0.15 -> 0.46); the extras
   // kernel 11,232 -> 8,328 instructions, spills 150 -> 48 bytes.
   if (ext.transforms()) {
     // Softcap (or the scale alone): -inf stays -inf (softcap * tanh(-inf) is finite).

@@ -94,8 +94,8 @@ struct FwdTraits {
   //   packed 16-bit pairs) at once, plus softmax state and addresses: 160 is enough only at
   //   hdim 64 (O at hdim 128 alone would take 64 more).
   static constexpr int kProducerRegs = 24;
-  // Tiles the producer may announce ahead of the consumers (the extras kernel's tile feed); the
-  // Q buffers and K/V rings bound how far ahead it runs anyway.
+  // Tiles the producer may announce ahead of the consumers (the dynamic tile order's feed,
+  // pipeline.cuh TileFeed); the Q buffers and K/V rings bound how far ahead it runs anyway.
   static constexpr int kTileSlots = 4;
   static constexpr int kConsumerRegs = kConsumerWarpGroups == 2 ? 240 : 160;
   static_assert(128 * kProducerRegs + kConsumerThreads * kConsumerRegs <= 65536,
@@ -161,7 +161,7 @@ struct FwdTraits {
     uint64_t k_empty[kStages];
     uint64_t v_full[kStages];
     uint64_t v_empty[kStages];
-    // The extras kernel's tile feed (scheduler.cuh TileFeed): producer -> consumers.
+    // The dynamic tile order's feed (pipeline.cuh TileFeed): producer -> consumers.
     int tile_slot[kTileSlots];
     uint64_t tile_full[kTileSlots];
     uint64_t tile_empty[kTileSlots];

@@ -403,7 +403,7 @@ bool run_case(const Variant& var, const Case& c, uint64_t seed) {
   const int64_t rows = int64_t(c.b) * c.n * c.t;
   p.o = o; p.o_batch_stride = obs; p.o_row_stride = qrow; p.o_head_stride = h;
   p.lse = static_cast<float*>(alloc(rows * 4));
-  p.tile_counter = static_cast<int*>(alloc(sizeof(int)));  // the extras kernel's tile order
+  p.tile_counter = static_cast<int*>(alloc(sizeof(int)));  // the dynamic tile order's counter
   make_extras(c, seed, p, alloc);
 
   // Copy out the valid part of O ([B, T, N, H] rows, skipping the batch-stride gap).
