@@ -139,6 +139,16 @@ def test_packed_causal_documents_over_many_tiles(arch):
 
 @gpu_test
 @pytest.mark.parametrize("arch", _families())
+def test_sliding_window_over_many_tiles(arch):
+  """A sliding window without other extras over 2 x 16 heads x 32 q-blocks = 1024 tiles:
+  the sm90 forward takes them in its dynamic order too (scheduler.cuh), several per CTA."""
+  b, t = 2, 4096
+  _run_case("window_many", "bf16", b, t, t, 16, 4, 128, arch,
+            features=dict(local_window_size=(300, 20)))
+
+
+@gpu_test
+@pytest.mark.parametrize("arch", _families())
 def test_unsorted_segments_and_sliding_window(arch):
   """Segment ids in no order (tile ranges overlap without matching everywhere) with a
   sliding window over a long sequence, and lengths of 0 (rows that see nothing)."""

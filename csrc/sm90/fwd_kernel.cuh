@@ -57,13 +57,12 @@ namespace jax_flash::sm90 {
 
 // kExtras: the call has lengths, segment ids, bias, mask or softcap (params.h ExtraParams);
 // a separate instantiation, so calls without them run the code they ran before extras existed.
-// kDynamic: tiles in the dynamic order (scheduler.cuh; extras only, common/mask.h
-// dynamic_tile_order()), a third instantiation: the tile feed's state made the static extras
-// kernel spill more (bias 296 -> 234 TFLOP/s, softcap -6%, H200 driver).
+// kDynamic: tiles in the dynamic order (scheduler.cuh; common/mask.h dynamic_tile_order()),
+// its own instantiation of either: the tile feed's state made the static extras kernel spill
+// more (bias 296 -> 234 TFLOP/s, softcap -6%, H200 driver).
 template <class Traits, bool kExtras, bool kDynamic = false>
 __global__ void __launch_bounds__(Traits::kNThreads, 1)
     fwd_kernel(const __grid_constant__ KernelParams<Traits> kp) {
-  static_assert(kExtras || !kDynamic, "the dynamic order is the extras kernel's");
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ == 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using namespace cute;
   using Mainloop = FwdMainloop<Traits>;
@@ -103,49 +102,46 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   if (warp_group == 0) {
     // ---- producer ----
     cutlass::arch::warpgroup_reg_dealloc<Traits::kProducerRegs>();
-    // One thread issues every load; with extras its whole warp walks the tiles, as the key
-    // blocks' next() is warp-collective (scheduler.cuh ExtraKeyBlocks), and lane 0 issues.
-    if (threadIdx.x / 32 == 0 && (kExtras || cute::elect_one_sync())) {
-      if (!kExtras || threadIdx.x == 0) {
+    // One thread issues every load. With extras or the dynamic order the whole first warp
+    // walks the tiles (ExtraKeyBlocks::next() is warp-collective; the tile feed is the warp's)
+    // and lane 0 issues.
+    constexpr bool kWarp = kExtras || kDynamic;
+    if (threadIdx.x / 32 == 0 && (kWarp || cute::elect_one_sync())) {
+      const bool leader = !kWarp || threadIdx.x == 0;
+      if (leader) {
         prefetch_tma_descriptor(kp.tma_q.get_tma_descriptor());
         prefetch_tma_descriptor(kp.tma_k.get_tma_descriptor());
         prefetch_tma_descriptor(kp.tma_vt.get_tma_descriptor());
       }
       Pipe k_write, v_write;
       int q_iter = 0;
+      // One tile's loads (none when it has no key block).
+      auto load_tile = [&](const Tile& tile) {
+        if constexpr (kExtras) {
+          ExtraKeyBlocks<kBlockM, kBlockN> blocks(p, tile.m_block, tile.batch, tile.head);
+          if (!blocks.empty()) Mainloop::load(kp, st, tile, blocks, k_write, v_write, q_iter++, leader);
+        } else {
+          KeyBlocks blocks = key_blocks<kBlockM, kBlockN>(p, tile.m_block);
+          if (!blocks.empty()) Mainloop::load(kp, st, tile, blocks, k_write, v_write, q_iter++, leader);
+        }
+      };
       if constexpr (kDynamic) {
         // This CTA's first tile is blockIdx.x, each later one the next value of the launch's
-        // counter (lane 0 takes it after issuing the tile's loads), announced to the consumers
-        // through the tile feed; the first index past the tiles ends both sides.
+        // counter, announced to the consumers through the tile feed; the first index past the
+        // tiles ends both sides. Lane 0 claims the next tile before issuing this one's loads,
+        // so the atomic's round trip overlaps them.
         TileFeed<Traits::kTileSlots, typename Traits::SharedStorage> feed{st};
         for (int linear = blockIdx.x;;) {
           feed.publish(linear);
           if (linear >= sched.num_tiles) break;
-          {
-            const Tile tile = sched.tile(linear);
-            ExtraKeyBlocks<kBlockM, kBlockN> blocks(p, tile.m_block, tile.batch, tile.head);
-            if (!blocks.empty()) {
-              Mainloop::load(kp, st, tile, blocks, k_write, v_write, q_iter);
-              ++q_iter;
-            }
-          }
           int next = 0;
           if (threadIdx.x == 0) next = int(gridDim.x) + atomicAdd(kp.fwd.tile_counter, 1);
+          load_tile(sched.tile(linear));
           linear = __shfl_sync(0xffffffffu, next, 0);
         }
       } else {
         for (int round = 0, linear; (linear = sched.linear(round)) < sched.num_tiles; ++round) {
-          const Tile tile = sched.tile(linear);
-          if constexpr (kExtras) {
-            ExtraKeyBlocks<kBlockM, kBlockN> blocks(p, tile.m_block, tile.batch, tile.head);
-            if (blocks.empty()) continue;
-            Mainloop::load(kp, st, tile, blocks, k_write, v_write, q_iter);
-          } else {
-            KeyBlocks blocks = key_blocks<kBlockM, kBlockN>(p, tile.m_block);
-            if (blocks.empty()) continue;
-            Mainloop::load(kp, st, tile, blocks, k_write, v_write, q_iter);
-          }
-          ++q_iter;
+          load_tile(sched.tile(linear));
         }
       }
     }

@@ -133,13 +133,19 @@ cudaError_t launch_fwd_kernel(const FwdParams& p, cudaStream_t stream, int secti
   return cudaGetLastError();
 }
 
-// The kernels of a traits, picked by the call's extras: none, extras, or extras in the dynamic
-// tile order (common/mask.h dynamic_tile_order). tests/cuda tries tiles with this.
+// The kernels of a traits, picked by the call's extras: none, extras, or either in the dynamic
+// tile order. dynamic: -1 for common/mask.h dynamic_tile_order()'s choice, else forced (the
+// counter FwdParams::tile_counter must then exist). tests/cuda tries tiles and orders with this.
 template <class Traits>
-cudaError_t launch_fwd(const FwdParams& p, cudaStream_t stream, int section, bool snake = true) {
-  if (!has_extras(p.extra)) return launch_fwd_kernel<Traits, false>(p, stream, section, snake);
-  return dynamic_tile_order(p) ? launch_fwd_kernel<Traits, true, true>(p, stream, section, snake)
-                               : launch_fwd_kernel<Traits, true>(p, stream, section, snake);
+cudaError_t launch_fwd(const FwdParams& p, cudaStream_t stream, int section, bool snake = true,
+                       int dynamic = -1) {
+  const bool dyn = dynamic < 0 ? dynamic_tile_order(p) : dynamic > 0;
+  if (!has_extras(p.extra)) {
+    return dyn ? launch_fwd_kernel<Traits, false, true>(p, stream, section, snake)
+               : launch_fwd_kernel<Traits, false>(p, stream, section, snake);
+  }
+  return dyn ? launch_fwd_kernel<Traits, true, true>(p, stream, section, snake)
+             : launch_fwd_kernel<Traits, true>(p, stream, section, snake);
 }
 
 // The library's entry: the default traits, or the wide tiles (fwd_traits.h) where

@@ -75,12 +75,13 @@ struct FwdMainloop {
   }
 
   // ---- producer: issue one tile's loads ----
-  // Blocks: KeyBlocks (called by a single thread) or ExtraKeyBlocks (called by a whole warp,
-  // whose next() is warp-collective; lane 0 issues); the loads follow blocks.next().
+  // Called by a single thread (leader), or by a whole warp where lane 0 is the leader (with
+  // ExtraKeyBlocks, whose next() is warp-collective, and in the dynamic tile order); the loads
+  // follow blocks.next().
   template <class Blocks>
   static __device__ __forceinline__ void load(const Params& kp, Storage& st, const Tile& tile,
                                               Blocks& blocks, Pipe& k_write, Pipe& v_write,
-                                              int q_iter) {
+                                              int q_iter, bool leader) {
     using namespace cute;
     const FwdParams& p = kp.fwd;
     const int kv_head = tile.head / p.group;
@@ -103,7 +104,6 @@ struct FwdMainloop {
     Tensor tVgV = get<0>(v_part);  // (TMA, blocks)
     Tensor tVsV = get<1>(v_part);  // (TMA, stages)
 
-    const bool leader = std::is_same_v<Blocks, KeyBlocks> || threadIdx.x % 32 == 0;
     auto load_k = [&](int n) {
       Barrier::wait(&st.k_empty[k_write.index], k_write.phase ^ 1u);
       if (leader) {

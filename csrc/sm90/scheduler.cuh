@@ -8,14 +8,15 @@
 // causal order CTA c gets the same q-block position every round): going back and forth evens
 // out the sums. Causal bf16 hdim 128, 16k tokens, H200, same run, seqlen 512/1k/2k/4k/8k/16k:
 // 255/386/499/512/544/579 TFLOP/s, straight round robin 194/316/421/461/503/529.
-// Segment ids with a right window edge (common/mask.h dynamic_tile_order) take the same order
-// dynamically: CTA c starts with tile c, and whichever CTA finishes a tile first takes the
-// next one from a global counter (fwd_kernel.cuh kDynamic; the producer warp announces it to
-// the consumers through pipeline.cuh TileFeed). A q-block's work is then largest at each
-// document's end, not at the sequence's, and the fixed rounds left the busiest CTA with far
-// more than the mean work (a model with 1.35 blocks of cost per tile, 16 heads, 132 CTAs:
-// 8 documents of 2k in 16k, causal: 1.57x the mean static, 1.02x dynamic; random document
-// lengths 1.14-1.23x static, 1.01x dynamic; causal without documents 1.00x either way).
+// Segment ids with a right window edge and sliding windows (common/mask.h dynamic_tile_order)
+// take the same order dynamically: CTA c starts with tile c, and each CTA claims its next tile
+// from a global counter as it starts loading the current one (fwd_kernel.cuh kDynamic; the
+// producer warp announces it to the consumers through pipeline.cuh TileFeed). With documents
+// a q-block's work is largest at each document's end, not at the sequence's, and the fixed
+// rounds left the busiest CTA with far more than the mean work (a model with 1.35 blocks of
+// cost per tile, 16 heads, 132 CTAs: 8 documents of 2k in 16k, causal: 1.57x the mean
+// static, 1.02x dynamic; random document lengths 1.14-1.23x static, 1.01x dynamic; causal
+// without documents 1.00x either way, and measured slower dynamically: mask.h).
 //
 // Orders (section = 0 or the number of (batch, head) pairs per section):
 //   rows fastest   (section 0) consecutive tiles are consecutive q-blocks of one (batch, head):

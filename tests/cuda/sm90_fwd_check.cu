@@ -80,9 +80,30 @@ struct Variant {
   bool check_extras;  // also run the extras cases (defaults, and kernels that could replace one)
 };
 
+// Sections from kDynamicOrder up: the dynamic tile order (scheduler.cuh) with section
+// section - kDynamicOrder - 1 (so kDynamicOrder: the library's section). SM90_FORCE_DYNAMIC=1
+// runs every launch in the dynamic order (checks included: they then skip the library entry).
+constexpr int kDynamicOrder = 1 << 20;
+const bool force_dynamic = std::getenv("SM90_FORCE_DYNAMIC") != nullptr;
+
+std::vector<std::string> split(const std::string& list) {
+  std::vector<std::string> items;
+  for (size_t at = 0, comma; at <= list.size(); at = comma + 1) {
+    comma = list.find(',', at);
+    if (comma == std::string::npos) comma = list.size();
+    if (comma > at) items.push_back(list.substr(at, comma - at));
+  }
+  return items;
+}
+// An order's name: "N" section N (0 rows first, -1 the library's), "dN" the same dynamically.
+int parse_order(const std::string& item) {
+  return item[0] == 'd' ? kDynamicOrder + 1 + std::atoi(item.c_str() + 1) : std::atoi(item.c_str());
+}
+
 template <class Traits>
 cudaError_t launch_variant(const FwdParams& p, cudaStream_t s, int section, bool snake) {
-  return sm90::launch_fwd<Traits>(p, s, section, snake);
+  if (section >= kDynamicOrder) return sm90::launch_fwd<Traits>(p, s, section - kDynamicOrder - 1, snake, 1);
+  return sm90::launch_fwd<Traits>(p, s, section, snake, force_dynamic ? 1 : -1);
 }
 
 template <class Traits>
@@ -422,7 +443,7 @@ bool run_case(const Variant& var, const Case& c, uint64_t seed) {
   for (int run = 0; run < 2; ++run) {
     CHECK_CUDA(cudaMemset(o, 0xff, o_elems * sizeof(E)));  // NaN poison
     CHECK_CUDA(cudaMemset(p.lse, 0xff, rows * 4));
-    CHECK_CUDA(var.run ? var.run(p, 0) : var.launch(p, 0, -1, true));
+    CHECK_CUDA(var.run && !force_dynamic ? var.run(p, 0) : var.launch(p, 0, -1, true));
     sync_or_die((var.name + " / " + c.name).c_str());
     if (run == 0) fetch(h_o, h_lse); else fetch(h_o2, h_lse2);
   }
@@ -586,6 +607,8 @@ int run_bench(const std::vector<Variant>& vars) {
   float* lse;
   for (void** ptr : {&q, &k, &v, &o}) CHECK_CUDA(cudaMalloc(ptr, tokens * hidden * 2));
   CHECK_CUDA(cudaMalloc(&lse, tokens * (hidden / 64) * 4));
+  int* counter;  // the dynamic tile order's
+  CHECK_CUDA(cudaMalloc(&counter, sizeof(int)));
   const int seqlens[] = {512, 1024, 2048, 4096, 8192, 16384};
   std::printf("%-24s %-6s %-6s %-11s %9s %9s\n", "variant", "causal", "seqlen", "order", "ms", "TFLOP/s");
   bool filled_bf16 = false;
@@ -611,6 +634,7 @@ int run_bench(const std::vector<Variant>& vars) {
         p.window_left = kUnbounded; p.window_right = causal ? 0 : kUnbounded; p.is_causal = causal;
         p.dtype = var.bf16 ? DType::kBFloat16 : DType::kFloat16;
         p.q = q; p.k = k; p.v = v; p.o = o; p.lse = lse;
+        p.tile_counter = counter;
         p.q_batch_stride = p.k_batch_stride = p.v_batch_stride = p.o_batch_stride = int64_t(t) * hidden;
         p.q_row_stride = p.k_row_stride = p.v_row_stride = p.o_row_stride = hidden;
         p.q_head_stride = p.k_head_stride = p.v_head_stride = p.o_head_stride = var.hdim;
@@ -618,16 +642,23 @@ int run_bench(const std::vector<Variant>& vars) {
         // Causal: the library's order, the same with straight round robin (no odd rounds
         // backwards), rows first, and heavy first over every (batch, head) in one section.
         // (-2: the library's section with straight rounds.)
+        // SM90_BENCH_ORDERS=a,b,...: these sections instead (dN: dynamic order, section N).
         const int num_bh = p.b * p.n;
         std::vector<int> orders = {-1};
         if (causal && full_table) orders.insert(orders.end(), {-2, 0, num_bh});
+        if (const char* list = std::getenv("SM90_BENCH_ORDERS"); list && causal) {
+          orders.clear();
+          for (const std::string& item : split(list)) orders.push_back(parse_order(item));
+        }
         for (int section : orders) {
           const double ms = time_ms(var, p, std::max(section, -1), section != -2);
           char order[32];
+          const int sec = section >= kDynamicOrder ? section - kDynamicOrder - 1 : section;
+          const char* kind = section >= kDynamicOrder ? "dyn" : "heavy";
           if (section == -1) std::snprintf(order, sizeof(order), "default");
           else if (section == -2) std::snprintf(order, sizeof(order), "straight");
-          else if (section == 0) std::snprintf(order, sizeof(order), "rows-first");
-          else std::snprintf(order, sizeof(order), "heavy/%d", std::min(section, num_bh));
+          else if (sec == 0) std::snprintf(order, sizeof(order), "%s", section >= kDynamicOrder ? "dyn/rows" : "rows-first");
+          else std::snprintf(order, sizeof(order), "%s/%d", kind, std::min(sec, num_bh));
           std::printf("%-24s %-6d %-6d %-11s %9.3f %9.1f\n", var.name.c_str(), causal, t, order,
                       ms, flops / ms * 1e-9);
           std::fflush(stdout);
@@ -773,7 +804,7 @@ int run_mask_bench(const std::vector<Variant>& vars) {
     for (const MaskCase* cp : order) {
       const MaskCase& c = *cp;
       const char* sec = std::getenv("SM90_SECTION");  // tile order: 0 rows first, n heavy
-      const int section = sec ? std::atoi(sec) : -1;
+      const int section = sec ? parse_order(sec) : -1;
       const double ms = isolated ? time_ms(var, c.p, section, true, 1, 21) : time_ms(var, c.p, section);
       const double tflops = 4.0 * heads * c.pairs * h / ms * 1e-9;
       if (std::strcmp(c.name, "dense") == 0) dense = tflops;

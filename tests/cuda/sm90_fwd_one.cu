@@ -26,7 +26,7 @@ namespace jax_flash::sm90 {
 using OneElement = std::conditional_t<SM90_BF16, cutlass::bfloat16_t, cutlass::half_t>;
 #if defined(SM90_CWG) && SM90_CWG == 3
 template cudaError_t launch_fwd<FwdTraits<OneElement, 64, 128, SM90_STAGES, bool(SM90_PP), 0, -1, 3>>(
-    const FwdParams&, cudaStream_t, int, bool);
+    const FwdParams&, cudaStream_t, int, bool, int);
 #else
 template cudaError_t run_fwd<OneElement, SM90_HDIM>(const FwdParams&, cudaStream_t);
 #endif
