@@ -79,8 +79,8 @@ struct FwdParams : AttnParams {
   void* o;     // [B, T, N, Hv], dtype of q
   float* lse;  // [B, N, T], natural log of sum(exp(logit)) over visible keys; -inf for empty rows
   int64_t o_batch_stride, o_row_stride, o_head_stride;
-  int* tile_counter;  // 4 bytes of device scratch where common/mask.h dynamic_tile_order():
-                      // the sm90 kernel's dynamic tile order (its launcher zeroes it)
+  int* tile_counter;  // 4 bytes of device scratch for the sm90 kernel's dynamic tile order
+                      // (sm90/fwd_launch.cuh tile_order; its launcher zeroes it)
 };
 
 struct BwdParams : AttnParams {

@@ -149,6 +149,17 @@ def test_sliding_window_over_many_tiles(arch):
 
 @gpu_test
 @pytest.mark.parametrize("arch", _families())
+@pytest.mark.parametrize("h", [64, 128])
+def test_long_causal_rows(arch, h):
+  """Causal rows of more than 32 q-blocks (8k): the sm90 forward takes them heavy first in
+  sections of 4 heads, dynamically (fwd_launch.cuh tile_order), hdim 64 on its 192-row tiles;
+  GQA, so a section's heads share K/V."""
+  _run_case("causal_long", "bf16", 1, 8192, 8192, 8, 2, h, arch,
+            features=dict(is_causal=True))
+
+
+@gpu_test
+@pytest.mark.parametrize("arch", _families())
 def test_unsorted_segments_and_sliding_window(arch):
   """Segment ids in no order (tile ranges overlap without matching everywhere) with a
   sliding window over a long sequence, and lengths of 0 (rows that see nothing)."""

@@ -77,22 +77,6 @@ inline bool has_extras(const ExtraParams& e) {
          e.per_element;
 }
 
-// The sm90 forward takes its tiles in a dynamic order (sm90/scheduler.cuh; the FFI handler
-// then gives it 4 bytes of scratch, FwdParams::tile_counter):
-//  * segment ids with a right window edge (causal): a q-block's work then peaks at each
-//    document's end, where the static heavy-first rounds expect it at the sequence's. H200
-//    driver, 8 documents of 2k in 16k, causal, TFLOP/s static -> dynamic: hdim 128 297-298 ->
-//    423-425, 64: 210 -> 270, 256: 327 -> 399;
-//  * sliding windows (a left edge) without extras: short tiles of nearly equal work, whose
-//    first q-blocks per head are lighter. H200 driver, window 1024 at 16k, three rounds:
-//    hdim 128 458-464 -> 472-473, 64: 309-310 -> 314-317, 256: 454-462 -> 468-480.
-// Other calls keep the static rounds: plain causal ran 5-12% slower dynamically at 1k-8k
-// (hdim 128, same order; CTAs out of step share less of each head's K/V in L2).
-inline bool dynamic_tile_order(const AttnParams& p) {
-  return (p.extra.q_segment_ids != nullptr && p.window_right != kUnbounded) ||
-         (!has_extras(p.extra) && p.window_left != kUnbounded);
-}
-
 inline bool extras_consistent(const AttnParams& p) {
   const ExtraParams& e = p.extra;
   const bool segments = e.q_segment_ids != nullptr;

@@ -21,7 +21,6 @@
 #include <tuple>
 #include <vector>
 
-#include "common/mask.h"  // dynamic_tile_order
 #include "dispatch/dispatch.h"
 #include "params.h"
 #include "xla/ffi/api/ffi.h"
@@ -393,14 +392,14 @@ ffi::Error FwdImpl(cudaStream_t stream, int32_t device, ffi::ScratchAllocator sc
 
   DeviceInfo info;
   if (auto e = prepare_device(kTarget, device, force_arch, p, info); e.failure()) return e;
-  if (dynamic_tile_order(p)) {  // the sm90 kernel's tile counter (FwdParams::tile_counter)
-    std::optional<void*> counter = scratch.Allocate(sizeof(int), sizeof(int));
-    if (!counter.has_value()) {
-      return ffi::Error(ffi::ErrorCode::kResourceExhausted,
-                        std::string(kTarget) + ": no 4 bytes of scratch for the tile counter");
-    }
-    p.tile_counter = static_cast<int*>(*counter);
+  // The sm90 kernel's tile counter (FwdParams::tile_counter): its launcher decides whether the
+  // call takes the dynamic order, so every forward gets the 4 bytes.
+  std::optional<void*> counter = scratch.Allocate(sizeof(int), sizeof(int));
+  if (!counter.has_value()) {
+    return ffi::Error(ffi::ErrorCode::kResourceExhausted,
+                      std::string(kTarget) + ": no 4 bytes of scratch for the tile counter");
   }
+  p.tile_counter = static_cast<int*>(*counter);
   if (cudaError_t st = dispatch_fwd(p, info.cc, force_arch, stream); st != cudaSuccess) {
     return cuda_error(kTarget, "the forward kernel", st);
   }

@@ -57,8 +57,8 @@ namespace jax_flash::sm90 {
 
 // kExtras: the call has lengths, segment ids, bias, mask or softcap (params.h ExtraParams);
 // a separate instantiation, so calls without them run the code they ran before extras existed.
-// kDynamic: tiles in the dynamic order (scheduler.cuh; common/mask.h dynamic_tile_order()),
-// its own instantiation of either: the tile feed's state made the static extras kernel spill
+// kDynamic: tiles in the dynamic order (scheduler.cuh; fwd_launch.cuh tile_order()), its own
+// instantiation of either: the tile feed's state made the static extras kernel spill
 // more (bias 296 -> 234 TFLOP/s, softcap -6%, H200 driver).
 template <class Traits, bool kExtras, bool kDynamic = false>
 __global__ void __launch_bounds__(Traits::kNThreads, 1)

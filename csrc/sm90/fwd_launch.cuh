@@ -50,36 +50,64 @@ __global__ void fwd_empty_rows_kernel(const __grid_constant__ FwdParams p) {
   }
 }
 
-// The tile order (scheduler.cuh), chosen from the q-blocks per (batch, head):
-//  * rows fastest for non-causal calls without extras, and for causal ones with at most
-//    kRowsFirstMaxMBlocks q-blocks (seqlen <= 2k): few q-blocks per head means little imbalance
-//    for heavy first to fix, and rows fastest keeps the running CTAs on few heads' K/V in L2;
-//  * heavy first over every (batch, head) otherwise, and for every call with extras (lengths
-//    leave the last q-blocks of each head empty; rows fastest handed them to the same CTAs:
-//    16k with 8k lengths ran at 0.46 of the dense rate, heavy first 0.92).
-// Causal, bf16, 16k tokens, H200, one run (two Q buffers, odd rounds backwards), TFLOP/s at
-// seqlen 512/1k/2k/4k/8k/16k, rows fastest | heavy first over every pair:
-//   hdim 64:  211/283/348/383/409/420 | 200/274/336/383/384/408
-//   hdim 128: 261/372/456/508/570/454 | 229/326/419/530/589/576
-//   hdim 256: 251/414/522/613/474/584 | 220/330/491/613/737/780
-// (Sections of a few heads, kept for measurements, were best in no column of that run.)
-inline int tile_section(const AttnParams& p, int64_t num_m_blocks) {
-  constexpr int64_t kRowsFirstMaxMBlocks = 16;
-  if (!has_extras(p.extra) && (!heavy_first_order(p) || num_m_blocks <= kRowsFirstMaxMBlocks)) {
-    return 0;
+// The tile order of a call (scheduler.cuh): a section (0: rows fastest; n: heavy first in
+// sections of n (batch, head) pairs) and static rounds or the dynamic order (a global counter).
+// Measured on an H200, bf16, 16k tokens, each timing settled (tests/cuda/sm90_fwd_check bench
+// with SM90_SETTLE_MS=300: identical launches timed one after the other otherwise differed by
+// up to 20%), two rounds, causal TFLOP/s, static heavy first over every pair | rows fastest |
+// dynamic heavy first in sections of 4 pairs, session 8:
+//   hdim 128, 4k: 474-497 | 543-557 | 537-539    8k: 532-537 | 586-593 | 577-583
+//            16k: 569-588 | 473-475 | 614-616
+//   hdim 64 (192-row tiles), 4k: 369-377 | 418-424 | 404-411   8k: 437-443 | 421-423 | 442-453
+//            16k: 470-473 | 443-456 | 485-486
+//   hdim 256, 4k: 546-550 | 579-594 | 548-549    8k: 628-633 | 517-523 | 611-612
+//            16k: 656-673 | 604-606 | 654-664
+// So, without extras:
+//  * rows fastest for non-causal calls and for causal ones with at most kRowsFirstMaxMBlocks
+//    q-blocks (seqlen <= 4k): the running CTAs share few heads' K/V in L2, and the rounds
+//    even out the short heads' imbalance;
+//  * longer causal rows: heavy first, in sections of kSectionPairs pairs taken dynamically
+//    (balance from the counter, L2 reuse from the sections) up to hdim 128, over every pair in
+//    static rounds at hdim 256 (its slower tiles balance in fewer rounds);
+//  * sliding windows (a left edge): rows fastest, dynamically: tiles of nearly equal work
+//    whose first q-blocks per head are lighter. Window 1024 at 16k, hdim 128, static ->
+//    dynamic, three rounds, not settled: 458-464 -> 472-473 TFLOP/s (64: 309-310 -> 314-317,
+//    256: 454-462 -> 468-480); settled, two rounds: 480-494 both.
+// With extras: heavy first over every pair (lengths leave the last q-blocks of each head empty;
+// rows fastest handed them to the same CTAs: 16k with 8k lengths ran at 0.46 of the dense rate,
+// heavy first 0.92), dynamically for segment ids with a right edge: a q-block's work then peaks
+// at each document's end, where static heavy-first rounds expect it at the sequence's (8
+// documents of 2k in 16k, causal, hdim 128: 297-298 -> 423-425 TFLOP/s; 64: 210 -> 270; 256:
+// 327 -> 399). The dynamic extras kernel is a separate instantiation (more spills).
+struct TileOrder {
+  int section;
+  bool dynamic;
+};
+
+template <class Traits>
+inline TileOrder tile_order(const AttnParams& p) {
+  constexpr int64_t kRowsFirstMaxMBlocks = 32;
+  constexpr int kSectionPairs = 4;
+  const int64_t num_m_blocks = (int64_t(p.t) + Traits::kBlockM - 1) / Traits::kBlockM;
+  const int all_pairs = int(std::max<int64_t>(int64_t(p.b) * p.n, 1));
+  if (has_extras(p.extra)) {
+    return {all_pairs, p.extra.q_segment_ids != nullptr && p.window_right != kUnbounded};
   }
-  return int(std::max<int64_t>(int64_t(p.b) * p.n, 1));
+  if (p.window_left != kUnbounded) return {0, true};
+  if (!heavy_first_order(p) || num_m_blocks <= kRowsFirstMaxMBlocks) return {0, false};
+  if constexpr (Traits::kHeadDim <= 128) return {kSectionPairs, true};
+  return {all_pairs, false};
 }
 
 // One kernel of a traits (kExtras: has_extras(p.extra), checked by the caller).
-// section: the tile order (scheduler.cuh), or -1 for tile_section()'s choice; snake: odd
-// rounds backwards (scheduler.cuh; false only for tests/cuda's comparison).
+// section: the tile order (scheduler.cuh; tile_order()); snake: odd rounds backwards
+// (scheduler.cuh; false only for tests/cuda's comparison); kDynamic: the dynamic order.
 template <class Traits, bool kExtras, bool kDynamic = false>
 cudaError_t launch_fwd_kernel(const FwdParams& p, cudaStream_t stream, int section, bool snake) {
   using Element = typename Traits::Element;
   if (p.h <= 0 || p.h % 8 != 0 || p.h > Traits::kHeadDim || p.hv != p.h || p.b < 0 || p.t < 0 ||
       p.s < 0 || p.n <= 0 || p.n_kv <= 0 || p.group <= 0 || p.n != p.n_kv * p.group ||
-      p.window_left < 0 || p.window_right < 0 || !extras_consistent(p) ||
+      p.window_left < 0 || p.window_right < 0 || !extras_consistent(p) || section < 0 ||
       has_extras(p.extra) != kExtras || (kDynamic && p.tile_counter == nullptr)) {
     return cudaErrorInvalidValue;
   }
@@ -116,8 +144,7 @@ cudaError_t launch_fwd_kernel(const FwdParams& p, cudaStream_t stream, int secti
                          make_stride(p.o_row_stride, _1{}, p.o_head_stride, p.o_batch_stride)),
       p,
       int(num_m_blocks),
-      section >= 0 ? int(std::min<int64_t>(section, int64_t(p.b) * p.n))
-                   : tile_section(p, num_m_blocks),
+      int(std::min<int64_t>(section, int64_t(p.b) * p.n)),
       snake};
 
   auto kernel = &fwd_kernel<Traits, kExtras, kDynamic>;
@@ -133,31 +160,37 @@ cudaError_t launch_fwd_kernel(const FwdParams& p, cudaStream_t stream, int secti
   return cudaGetLastError();
 }
 
-// The kernels of a traits, picked by the call's extras: none, extras, or either in the dynamic
-// tile order. dynamic: -1 for common/mask.h dynamic_tile_order()'s choice, else forced (the
-// counter FwdParams::tile_counter must then exist). tests/cuda tries tiles and orders with this.
-template <class Traits>
-cudaError_t launch_fwd(const FwdParams& p, cudaStream_t stream, int section, bool snake = true,
-                       int dynamic = -1) {
-  const bool dyn = dynamic < 0 ? dynamic_tile_order(p) : dynamic > 0;
-  if (!has_extras(p.extra)) {
-    return dyn ? launch_fwd_kernel<Traits, false, true>(p, stream, section, snake)
-               : launch_fwd_kernel<Traits, false>(p, stream, section, snake);
+// The kernels of a traits, picked by the call's extras (none, extras) and tile_order()'s
+// order. section / dynamic >= 0 override the order (tests/cuda tries tiles and orders with
+// this; a section alone means static rounds); kAnyExtras = false leaves the extras kernels
+// out (the wide tiles': fwd_traits.h).
+template <class Traits, bool kAnyExtras = true>
+cudaError_t launch_fwd(const FwdParams& p, cudaStream_t stream, int section = -1,
+                       bool snake = true, int dynamic = -1) {
+  TileOrder order = tile_order<Traits>(p);
+  if (section >= 0) order = {section, dynamic > 0};
+  else if (dynamic >= 0) order.dynamic = dynamic > 0;
+  if (order.dynamic && p.tile_counter == nullptr) return cudaErrorInvalidValue;
+  if constexpr (kAnyExtras) {
+    if (has_extras(p.extra)) {
+      return order.dynamic ? launch_fwd_kernel<Traits, true, true>(p, stream, order.section, snake)
+                           : launch_fwd_kernel<Traits, true>(p, stream, order.section, snake);
+    }
   }
-  return dyn ? launch_fwd_kernel<Traits, true, true>(p, stream, section, snake)
-             : launch_fwd_kernel<Traits, true>(p, stream, section, snake);
+  return order.dynamic ? launch_fwd_kernel<Traits, false, true>(p, stream, order.section, snake)
+                       : launch_fwd_kernel<Traits, false>(p, stream, order.section, snake);
 }
 
 // The library's entry: the default traits, or the wide tiles (fwd_traits.h) where
-// use_wide_tiles() picks them; the wide tiles' extras kernel is never instantiated.
+// use_wide_tiles() picks them; the wide tiles' extras kernels are never instantiated.
 template <typename Element, int kHeadDim>
 cudaError_t run_fwd(const FwdParams& params, cudaStream_t stream) {
   using Traits = typename FwdDefaultTraits<Element, kHeadDim>::type;
   using Wide = typename FwdWideTraits<Element, kHeadDim>::type;
   if constexpr (!std::is_void_v<Wide>) {
-    if (use_wide_tiles(params)) return launch_fwd_kernel<Wide, false>(params, stream, -1, true);
+    if (use_wide_tiles(params)) return launch_fwd<Wide, false>(params, stream);
   }
-  return launch_fwd<Traits>(params, stream, -1);
+  return launch_fwd<Traits>(params, stream);
 }
 
 }  // namespace jax_flash::sm90

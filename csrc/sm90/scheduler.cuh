@@ -8,26 +8,26 @@
 // causal order CTA c gets the same q-block position every round): going back and forth evens
 // out the sums. Causal bf16 hdim 128, 16k tokens, H200, same run, seqlen 512/1k/2k/4k/8k/16k:
 // 255/386/499/512/544/579 TFLOP/s, straight round robin 194/316/421/461/503/529.
-// Segment ids with a right window edge and sliding windows (common/mask.h dynamic_tile_order)
-// take the same order dynamically: CTA c starts with tile c, and each CTA claims its next tile
-// from a global counter as it starts loading the current one (fwd_kernel.cuh kDynamic; the
-// producer warp announces it to the consumers through pipeline.cuh TileFeed). With documents
-// a q-block's work is largest at each document's end, not at the sequence's, and the fixed
-// rounds left the busiest CTA with far more than the mean work (a model with 1.35 blocks of
-// cost per tile, 16 heads, 132 CTAs: 8 documents of 2k in 16k, causal: 1.57x the mean
-// static, 1.02x dynamic; random document lengths 1.14-1.23x static, 1.01x dynamic; causal
-// without documents 1.00x either way, and measured slower dynamically: mask.h).
+// The dynamic order (fwd_launch.cuh tile_order: long causal rows up to hdim 128, sliding
+// windows, segment ids with a right window edge): CTA c starts with tile c and claims each
+// next tile from a global counter as it starts loading the current one (fwd_kernel.cuh
+// kDynamic; the producer warp announces it to the consumers through pipeline.cuh TileFeed).
+// Whichever CTA finishes first takes the next tile, so tiles of unequal work need no fixed
+// pattern to balance: with packed causal documents a q-block's work peaks at each document's
+// end, and the fixed rounds left the busiest CTA with far more than the mean work (a model
+// with 1.35 blocks of cost per tile, 16 heads, 132 CTAs, 8 documents of 2k in 16k: 1.57x the
+// mean static, 1.02x dynamic; random document lengths 1.14-1.23x static, 1.01x dynamic). Long
+// causal rows gain from it together with small sections (fwd_launch.cuh has the numbers).
 //
 // Orders (section = 0 or the number of (batch, head) pairs per section):
 //   rows fastest   (section 0) consecutive tiles are consecutive q-blocks of one (batch, head):
 //                  the CTAs running together share that head's K/V in L2. For windows whose work
-//                  does not grow along the sequence (non-causal, sliding).
+//                  does not grow along the sequence (non-causal, sliding) and short causal rows.
 //   heavy first    (section > 0) the (batch, head) pairs are cut into sections of `section`
 //                  pairs; within a section, each q-block of every pair, last q-block first.
 //                  When the work per q-block grows with its index (causal, right-bounded
 //                  windows), the longest tiles start first and the last wave holds the shortest
-//                  ones. fwd_launch.cuh tile_section() picks the order (one section of every
-//                  pair, or rows fastest); smaller sections exist for measurements.
+//                  ones; small sections keep the running CTAs on few heads' K/V.
 #pragma once
 
 #include <climits>

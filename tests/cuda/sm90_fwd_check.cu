@@ -8,6 +8,9 @@
 //   sm90_fwd_check maskbench     TFLOP/s over visible pairs with windows, documents, lengths,
 //                                softcap and bias (examples/mask_benchmark.py's cases)
 //   sm90_fwd_check list          variant names
+// Environment: SM90_SETTLE_MS (time each launch after x ms of it back to back), SM90_BENCH_ORDERS
+// (bench: the causal tile orders to time), SM90_SECTION / SM90_MASK_CASES / SM90_ISOLATED /
+// SM90_PROFILE_CASE (maskbench), SM90_FORCE_DYNAMIC (every launch in the dynamic tile order).
 //
 // Pass rule (FlashAttention's): max |o - ref| <= 2 max |o_lowp - ref| + 1e-5, where ref is float32
 // attention and o_lowp the same attention with the input dtype's roundings (scaled q, scores, P,
@@ -66,7 +69,7 @@ void sync_or_die(const char* what) {
   }
 }
 
-// section: the tile order (scheduler.cuh), -1 = the library's choice (tile_section).
+// section: the tile order (scheduler.cuh), -1 = the library's choice (tile_order).
 // snake: scheduler.cuh's round order (false: straight round robin, for comparison).
 using LaunchFn = cudaError_t (*)(const FwdParams&, cudaStream_t, int section, bool snake);
 using RunFn = cudaError_t (*)(const FwdParams&, cudaStream_t);
@@ -585,6 +588,16 @@ double time_ms(const Variant& var, const FwdParams& p, int section, bool snake =
   CHECK_CUDA(cudaEventCreate(&e1));
   for (int i = 0; i < 2; ++i) CHECK_CUDA(var.launch(p, 0, section, snake));
   sync_or_die(var.name.c_str());
+  // SM90_SETTLE_MS=x: the launch runs back to back in blocks of 10 for x ms first
+  // (examples/benchmark.py time_settled), so it is timed at the clock its own load sustains,
+  // not at the one the previous case left (identical launches timed one after the other
+  // differed by up to 20%, H200, session 8).
+  static const double settle_ms = std::getenv("SM90_SETTLE_MS") ? std::atof(std::getenv("SM90_SETTLE_MS")) : 0.0;
+  for (auto t0 = std::chrono::steady_clock::now();
+       std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() < settle_ms;) {
+    for (int i = 0; i < 10; ++i) CHECK_CUDA(var.launch(p, 0, section, snake));
+    sync_or_die(var.name.c_str());
+  }
   std::vector<float> reps;
   for (int r = 0; r < repeats; ++r) {
     CHECK_CUDA(cudaEventRecord(e0));
@@ -799,6 +812,7 @@ int run_mask_bench(const std::vector<Variant>& vars) {
       for (const MaskCase& c : cases) order.push_back(&c);
     }
     const bool isolated = std::getenv("SM90_ISOLATED") != nullptr;
+
     double dense = 0, dense_causal = 0;
     std::printf("%-24s %-14s %9s %9s %7s\n", "variant", "case", "ms", "TFLOP/s", "of dense");
     for (const MaskCase* cp : order) {
