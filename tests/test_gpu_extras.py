@@ -151,10 +151,11 @@ def test_sliding_window_over_many_tiles(arch):
 @pytest.mark.parametrize("arch", _families())
 @pytest.mark.parametrize("h", [64, 128])
 def test_long_causal_rows(arch, h):
-  """Causal rows of more than 32 q-blocks (8k): the sm90 forward takes them heavy first in
-  sections of 4 heads, dynamically (fwd_launch.cuh tile_order), hdim 64 on its 192-row tiles;
-  GQA, so a section's heads share K/V."""
-  _run_case("causal_long", "bf16", 1, 8192, 8192, 8, 2, h, arch,
+  """Causal rows of more than 32 q-blocks (6400 rows: 34 of 192 at hdim 64, 50 of 128 at
+  128): the sm90 forward takes them heavy first in sections of 4 (batch, head) pairs,
+  dynamically (fwd_launch.cuh tile_order); 6 heads make a narrower last section, and GQA
+  (3 query heads per K/V head) puts a K/V head in two sections."""
+  _run_case("causal_long", "bf16", 1, 6400, 6400, 6, 2, h, arch,
             features=dict(is_causal=True))
 
 
