@@ -64,8 +64,8 @@ __global__ void fwd_empty_rows_kernel(const __grid_constant__ FwdParams p) {
 //            16k: 656-673 | 604-606 | 654-664
 // So, without extras:
 //  * rows fastest for non-causal calls and for causal ones with at most kRowsFirstMaxMBlocks
-//    q-blocks (seqlen <= 4k): the running CTAs share few heads' K/V in L2, and the rounds
-//    even out the short heads' imbalance;
+//    q-blocks (seqlen <= 4k with 128-row tiles, 6k with 192): the running CTAs share few
+//    heads' K/V in L2, and the rounds even out the short heads' imbalance;
 //  * longer causal rows: heavy first, in sections of kSectionPairs pairs taken dynamically
 //    (balance from the counter, L2 reuse from the sections) up to hdim 128, over every pair in
 //    static rounds at hdim 256 (its slower tiles balance in fewer rounds);
