@@ -67,8 +67,6 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   using namespace cute;
   using Mainloop = FwdMainloop<Traits>;
   using Pipe = typename Mainloop::Pipe;
-  constexpr int kBlockM = Traits::kBlockM;
-  constexpr int kBlockN = Traits::kBlockN;
 
   extern __shared__ __align__(1024) char smem[];
   auto& st = *reinterpret_cast<typename Traits::SharedStorage*>(smem);
@@ -117,13 +115,8 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
       int q_iter = 0;
       // One tile's loads (none when it has no key block).
       auto load_tile = [&](const Tile& tile) {
-        if constexpr (kExtras) {
-          ExtraKeyBlocks<kBlockM, kBlockN> blocks(p, tile.m_block, tile.batch, tile.head);
-          if (!blocks.empty()) Mainloop::load(kp, st, tile, blocks, k_write, v_write, q_iter++, leader);
-        } else {
-          KeyBlocks blocks = key_blocks<kBlockM, kBlockN>(p, tile.m_block);
-          if (!blocks.empty()) Mainloop::load(kp, st, tile, blocks, k_write, v_write, q_iter++, leader);
-        }
+        auto blocks = Mainloop::template tile_blocks<kExtras>(p, tile);
+        if (!blocks.empty()) Mainloop::load(kp, st, tile, blocks, k_write, v_write, q_iter++, leader);
       };
       if constexpr (kDynamic) {
         // This CTA's first tile is blockIdx.x, each later one the next value of the launch's

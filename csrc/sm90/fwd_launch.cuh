@@ -170,7 +170,6 @@ cudaError_t launch_fwd(const FwdParams& p, cudaStream_t stream, int section = -1
   TileOrder order = tile_order<Traits>(p);
   if (section >= 0) order = {section, dynamic > 0};
   else if (dynamic >= 0) order.dynamic = dynamic > 0;
-  if (order.dynamic && p.tile_counter == nullptr) return cudaErrorInvalidValue;
   if constexpr (kAnyExtras) {
     if (has_extras(p.extra)) {
       return order.dynamic ? launch_fwd_kernel<Traits, true, true>(p, stream, order.section, snake)

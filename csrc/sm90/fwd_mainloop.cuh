@@ -74,6 +74,17 @@ struct FwdMainloop {
     }
   }
 
+  // The key blocks of a tile, as both sides walk them: ExtraKeyBlocks with extras (its
+  // construction and next() are warp-collective), else every block of the window's range.
+  template <bool kExtras>
+  static __device__ __forceinline__ auto tile_blocks(const FwdParams& p, const Tile& tile) {
+    if constexpr (kExtras) {
+      return ExtraKeyBlocks<kBlockM, kBlockN>(p, tile.m_block, tile.batch, tile.head);
+    } else {
+      return key_blocks<kBlockM, kBlockN>(p, tile.m_block);
+    }
+  }
+
   // ---- producer: issue one tile's loads ----
   // Called by a single thread (leader), or by a whole warp where lane 0 is the leader (with
   // ExtraKeyBlocks, whose next() is warp-collective, and in the dynamic tile order); the loads
@@ -284,19 +295,11 @@ struct FwdMainloop {
       store_lse(p, o_coord, lse, row0, tile.batch, tile.head);
     };
 
-    auto make_blocks = [&](const Tile& tile) {
-      if constexpr (kExtras) {
-        return Blocks(p, tile.m_block, tile.batch, tile.head);
-      } else {
-        return key_blocks<kBlockM, kBlockN>(p, tile.m_block);
-      }
-    };
-
     int q_iter = 0;  // non-empty tiles begun: the Q buffer and its phase
     for (int linear; (linear = next_tile()) < sched.num_tiles;) {
       const Tile tile = sched.tile(linear);
       const int row0 = tile.m_block * kBlockM;
-      Blocks blocks = make_blocks(tile);
+      Blocks blocks = tile_blocks<kExtras>(p, tile);
       clear(acc_o);
       Softmax softmax;
       if (!blocks.empty()) {

@@ -800,19 +800,15 @@ int run_mask_bench(const std::vector<Variant>& vars) {
     // power and clocks); SM90_ISOLATED=1: each launch timed alone (synchronized), not 10 in a row.
     std::vector<const MaskCase*> order;
     if (const char* list = std::getenv("SM90_MASK_CASES")) {
-      std::string names = std::string(list) + ",";
-      for (size_t at = 0, comma; (comma = names.find(',', at)) != std::string::npos; at = comma + 1) {
+      for (const std::string& name : split(list)) {
         for (const MaskCase& c : cases) {
-          if (names.compare(at, comma - at, c.name) == 0 && std::strlen(c.name) == comma - at) {
-            order.push_back(&c);
-          }
+          if (name == c.name) order.push_back(&c);
         }
       }
     } else {
       for (const MaskCase& c : cases) order.push_back(&c);
     }
     const bool isolated = std::getenv("SM90_ISOLATED") != nullptr;
-
     double dense = 0, dense_causal = 0;
     std::printf("%-24s %-14s %9s %9s %7s\n", "variant", "case", "ms", "TFLOP/s", "of dense");
     for (const MaskCase* cp : order) {
