@@ -151,12 +151,13 @@ def test_sliding_window_over_many_tiles(arch):
 @pytest.mark.parametrize("arch", _families())
 @pytest.mark.parametrize("h", [64, 128])
 def test_long_causal_rows(arch, h):
-  """Causal rows of more than 32 q-blocks (6400 rows: 34 of 192 at hdim 64, 50 of 128 at
-  128): the sm90 forward takes them heavy first in sections of 4 (batch, head) pairs,
-  dynamically (fwd_launch.cuh tile_order); 6 heads make a narrower last section, and GQA
-  (3 query heads per K/V head) puts a K/V head in two sections."""
-  _run_case("causal_long", "bf16", 1, 6400, 6400, 6, 2, h, arch,
-            features=dict(is_causal=True))
+  """Causal rows past the rows-first limit (fwd_launch.cuh tile_order: 32 q-blocks of 192 at
+  hdim 64, 64 of 128 at hdim 128): the sm90 forward takes them heavy first in sections of 4
+  (batch, head) pairs, dynamically. hdim 64: 6400 rows (34 q-blocks), 6 heads in sections of
+  4 and 2, GQA 3:1 puts a K/V head in two sections; hdim 128: 8320 rows (65 q-blocks), 3
+  heads of one K/V head in one narrower section (3 heads keep the float32 reference small)."""
+  t, n, n_kv = (6400, 6, 2) if h == 64 else (8320, 3, 1)
+  _run_case("causal_long", "bf16", 1, t, t, n, n_kv, h, arch, features=dict(is_causal=True))
 
 
 @gpu_test

@@ -64,8 +64,9 @@ __global__ void fwd_empty_rows_kernel(const __grid_constant__ FwdParams p) {
 //            16k: 656-673 | 604-606 | 654-664
 // So, without extras:
 //  * rows fastest for non-causal calls and for causal ones with at most kRowsFirstMaxMBlocks
-//    q-blocks (seqlen <= 4k with 128-row tiles, 6k with 192): the running CTAs share few
-//    heads' K/V in L2, and the rounds even out the short heads' imbalance;
+//    q-blocks (seqlen <= 4k at hdim 256, 6k with hdim 64's 192-row tiles, 8k at hdim 128,
+//    where rows first led at 8k: 586-593 against 577-583): the running CTAs share few heads'
+//    K/V in L2, and the rounds even out the short heads' imbalance;
 //  * longer causal rows: heavy first, in sections of kSectionPairs pairs taken dynamically
 //    (balance from the counter, L2 reuse from the sections) up to hdim 128, over every pair in
 //    static rounds at hdim 256 (its slower tiles balance in fewer rounds);
@@ -86,7 +87,7 @@ struct TileOrder {
 
 template <class Traits>
 inline TileOrder tile_order(const AttnParams& p) {
-  constexpr int64_t kRowsFirstMaxMBlocks = 32;
+  constexpr int64_t kRowsFirstMaxMBlocks = Traits::kHeadDim == 128 ? 64 : 32;
   constexpr int kSectionPairs = 4;
   const int64_t num_m_blocks = (int64_t(p.t) + Traits::kBlockM - 1) / Traits::kBlockM;
   const int all_pairs = int(std::max<int64_t>(int64_t(p.b) * p.n, 1));
