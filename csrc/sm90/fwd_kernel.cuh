@@ -116,7 +116,9 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
       // One tile's loads (none when it has no key block).
       auto load_tile = [&](const Tile& tile) {
         auto blocks = Mainloop::template tile_blocks<kExtras>(p, tile);
-        if (!blocks.empty()) Mainloop::load(kp, st, tile, blocks, k_write, v_write, q_iter++, leader);
+        if (!blocks.empty()) {
+          Mainloop::load(kp, st, tile, blocks, k_write, v_write, q_iter++, leader);
+        }
       };
       if constexpr (kDynamic) {
         // This CTA's first tile is blockIdx.x, each later one the next value of the launch's

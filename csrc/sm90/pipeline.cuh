@@ -49,9 +49,10 @@ __device__ __forceinline__ void release(uint64_t* empty, PipeState<kStages>& st)
 
 // The dynamic tile order (scheduler.cuh; fwd_kernel.cuh kDynamic): the producer warp announces
 // each tile it takes, and the sentinel >= num_tiles that ends the CTA, in a ring of kSlots
-// shared-memory slots; every consumer warp reads each one. full: the producer's one arrival; empty: one per
-// consumer warp (kConsumerWarps, the count `empty` was initialized with). The slot is written
-// before, and read after, the mbarrier arrive (release) / wait (acquire) that orders it.
+// shared-memory slots; every consumer warp reads each one. full: the producer's one arrival;
+// empty: one per consumer warp (kConsumerWarps, the count `empty` was initialized with). The
+// slot is written before, and read after, the mbarrier arrive (release) / wait (acquire) that
+// orders it.
 // Storage: the kernel's SharedStorage (tile_slot, tile_full, tile_empty of kSlots each).
 // One counter (tiles announced or taken so far) gives the slot and the phase: the producer
 // runs on 24 registers, where a second one spilled.
