@@ -219,3 +219,36 @@ def test_kernels_take_every_feature_under_implementation_none():
   arrays, static = split_kwargs(kw)
   fn = jax.jit(lambda q: jax_flash.attention(q, q, q, **arrays, **static))
   assert "jax_flash_fwd" in fn.lower(q).as_text()
+
+
+@gpu_test
+@pytest.mark.parametrize("t,s,kind", [(16384, 16384, "docs"), (2047, 1301, "docs"),
+                                      (333, 77, "rising"), (1, 40, "random"),
+                                      (40000, 35, "rising"), (17, 16400, "random")])
+def test_device_segment_ranges_match_the_specification(t, s, kind):
+  """The segment-range kernel (csrc/common/segment_ranges.cu) against its jax.numpy
+  specification (_cuda.segment_ranges, itself checked by brute force in
+  tests/test_segment_ranges.py), element for element: packed documents (sorted ids), rising
+  ids with noise and swaps (the envelopes matter), random ids; lengths that are not multiples
+  of 16, sides of very different lengths, more than one 1024-chunk tile per side, and leading
+  dims of a vmap."""
+  rng = np.random.default_rng(t + 7 * s)
+  def ids(length):
+    if kind == "docs":
+      cuts = np.sort(rng.choice(np.arange(1, length), size=min(7, length - 1), replace=False))
+      return np.searchsorted(cuts, np.arange(length), side="right")
+    if kind == "rising":
+      x = np.arange(length) // 23 + rng.integers(-2, 3, size=length)
+      i, j = rng.integers(0, length, size=2)
+      x[i], x[j] = x[j], x[i]
+      return x
+    return rng.integers(-5, 5, size=length)
+  q_ids = jnp.asarray(np.stack([ids(t) for _ in range(3)]), jnp.int32)
+  kv_ids = jnp.asarray(np.stack([ids(s) for _ in range(3)]), jnp.int32)
+  got_q, got_kv = jax.jit(_cuda.device_segment_ranges)(q_ids, kv_ids)
+  np.testing.assert_array_equal(got_q, _cuda.segment_ranges(q_ids, kv_ids))
+  np.testing.assert_array_equal(got_kv, _cuda.segment_ranges(kv_ids, q_ids))
+  # vmap: the leading dims flatten into the kernel's batch.
+  vq, vkv = jax.vmap(_cuda.device_segment_ranges)(q_ids[:, None], kv_ids[:, None])
+  np.testing.assert_array_equal(vq[:, 0], got_q)
+  np.testing.assert_array_equal(vkv[:, 0], got_kv)

@@ -1,4 +1,5 @@
-// XLA FFI handlers for the custom-call targets jax_flash_fwd and jax_flash_bwd.
+// XLA FFI handlers for the custom-call targets jax_flash_fwd, jax_flash_bwd and
+// jax_flash_segment_ranges.
 // Thin on purpose: decode buffers and attributes into FwdParams / BwdParams, check them,
 // pick the kernel (csrc/dispatch), launch on XLA's stream, report CUDA errors.
 //
@@ -21,6 +22,7 @@
 #include <tuple>
 #include <vector>
 
+#include "common/segment_ranges.h"
 #include "dispatch/dispatch.h"
 #include "params.h"
 #include "xla/ffi/api/ffi.h"
@@ -508,8 +510,68 @@ ffi::Error BwdImpl(cudaStream_t stream, int32_t device, ffi::AnyBuffer q, ffi::A
   return ffi::Error::Success();
 }
 
+// The segment-range pre-pass (common/segment_ranges.h) of one pair of segment-id arrays.
+ffi::Error SegmentRangesImpl(cudaStream_t stream, ffi::ScratchAllocator scratch,
+                             ffi::Buffer<ffi::S32> q_ids, ffi::Buffer<ffi::S32> kv_ids,
+                             ffi::Result<ffi::Buffer<ffi::S32>> q_range,
+                             ffi::Result<ffi::Buffer<ffi::S32>> kv_range) {
+  constexpr const char* kTarget = "jax_flash_segment_ranges";
+  Dims qd = q_ids.dimensions(), kd = kv_ids.dimensions();
+  if (qd.size() == 0 || kd.size() != qd.size() ||
+      !std::equal(qd.begin(), qd.end() - 1, kd.begin())) {
+    return invalid(kTarget, "q_segment_ids and kv_segment_ids must be [..., T] and [..., S] "
+                            "with equal leading dims, got shapes " + to_string(qd) + ", " +
+                            to_string(kd));
+  }
+  const Shape lead(qd.begin(), qd.end() - 1);
+  int64_t b = 1;
+  for (int64_t d : lead) b *= d;
+  const int64_t t = qd.back(), s = kd.back();
+  constexpr int64_t kMax = std::numeric_limits<int32_t>::max();
+  if (b > kMax || t > kMax - kSegmentChunk || s > kMax - kSegmentChunk) {
+    return invalid(kTarget, "sizes must be below 2^31: " + to_string(qd) + ", " + to_string(kd));
+  }
+  const int64_t qc = (t + kSegmentChunk - 1) / kSegmentChunk;
+  const int64_t kc = (s + kSegmentChunk - 1) / kSegmentChunk;
+  if (auto e = expect_shape(kTarget, "q_segment_range", q_range->dimensions(),
+                            concat(lead, {qc, 4}));
+      e.failure()) {
+    return e;
+  }
+  if (auto e = expect_shape(kTarget, "kv_segment_range", kv_range->dimensions(),
+                            concat(lead, {kc, 4}));
+      e.failure()) {
+    return e;
+  }
+  SegmentRangeParams p{q_ids.typed_data(), kv_ids.typed_data(), q_range->typed_data(),
+                       kv_range->typed_data(), nullptr, b, int32_t(t), int32_t(s)};
+  if (const size_t bytes = segment_ranges_scratch_bytes(b, p.t, p.s); bytes > 0) {
+    std::optional<void*> buf = scratch.Allocate(bytes, 16);
+    if (!buf.has_value()) {
+      return ffi::Error(ffi::ErrorCode::kResourceExhausted,
+                        std::string(kTarget) + ": no " + std::to_string(bytes) +
+                            " bytes of scratch for the envelopes");
+    }
+    p.scratch = static_cast<int32_t*>(*buf);
+  }
+  if (cudaError_t st = launch_segment_ranges(p, stream); st != cudaSuccess) {
+    return cuda_error(kTarget, "the segment-range kernel", st);
+  }
+  return ffi::Error::Success();
+}
+
 }  // namespace
 }  // namespace jax_flash
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxFlashSegmentRanges, jax_flash::SegmentRangesImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::PlatformStream<cudaStream_t>>()
+                                  .Ctx<ffi::ScratchAllocator>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()  // q_segment_ids  [L..., T]
+                                  .Arg<ffi::Buffer<ffi::S32>>()  // kv_segment_ids [L..., S]
+                                  .Ret<ffi::Buffer<ffi::S32>>()  // q range  [L..., T/16, 4]
+                                  .Ret<ffi::Buffer<ffi::S32>>()  // kv range [L..., S/16, 4]
+                              );
 
 // Not declared kCmdBufferCompatible: not yet verified under XLA's CUDA graphs.
 // Args and results are positional in the FFI API; the comments name them.

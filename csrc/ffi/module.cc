@@ -31,6 +31,8 @@ NB_MODULE(_jax_flash_ext, m) {
     nb::dict handlers;
     handlers["jax_flash_fwd"] = nb::capsule(reinterpret_cast<void*>(JaxFlashFwd));
     handlers["jax_flash_bwd"] = nb::capsule(reinterpret_cast<void*>(JaxFlashBwd));
+    handlers["jax_flash_segment_ranges"] =
+        nb::capsule(reinterpret_cast<void*>(JaxFlashSegmentRanges));
     return handlers;
   }, "Custom-call target name -> PyCapsule of its XLA FFI handler (api_version=1).");
 
