@@ -233,6 +233,22 @@ def test_handler_rejects_what_the_kernels_cannot_run():
   fwd(x, x, x)  # and the valid calls run
   fwd(x, x, x, jnp.ones((1, 1, 16, 1), jnp.float32), lengths, extras=np.int32(1 | 4))
 
+  # The segment-range pre-pass (csrc/common/segment_ranges.cu).
+  def ranges(q_ids, kv_ids, q_chunks=None):
+    def out(ids, chunks):
+      return jax.ShapeDtypeStruct((*ids.shape[:-1], chunks, 4), jnp.int32)
+    call = jax.ffi.ffi_call("jax_flash_segment_ranges",
+                            (out(q_ids, q_chunks or -(-q_ids.shape[-1] // 16)),
+                             out(kv_ids, -(-kv_ids.shape[-1] // 16))))
+    return jax.block_until_ready(call(q_ids, kv_ids))
+
+  ids = jnp.zeros((2, 40), jnp.int32)
+  with pytest.raises(Exception, match="equal leading dims"):
+    ranges(ids, jnp.zeros((3, 40), jnp.int32))
+  with pytest.raises(Exception, match="q_segment_range has shape"):
+    ranges(ids, ids, q_chunks=2)
+  ranges(ids, jnp.zeros((2, 7), jnp.int32))
+
 
 @gpu_test
 def test_force_arch():
