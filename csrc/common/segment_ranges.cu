@@ -13,7 +13,7 @@
 // executable) where jax.numpy's (reductions, cumulative max/min, a sort-based search) took
 // 0.088; forward of 8 packed documents of 2k with the ids as arguments, TFLOP/s, sm90
 // 449-455 -> 497-510, causal 333-350 -> 401-416; sm80 266-267 -> 271-275, causal 206-223 ->
-// 236-247 (out/int/s10_sr_probe2.py, session 10).
+// 236-247 (tests/cuda/segment_prepass_probe.py, session 10).
 #include "common/segment_ranges.h"
 
 #include <climits>
