@@ -9,11 +9,11 @@
 //      (min, max) as one 16-byte store.
 // The per-chunk arrays live in shared memory when they fit (2816 chunks: T + S <= 44k), else
 // in the global scratch the handler allocates.
-// H200, one row of 16k tokens, 8 documents: 0.014-0.017 ms per pre-pass (50 in one
-// executable) where jax.numpy's (reductions, cumulative max/min, a sort-based search) took
-// 0.088; forward of 8 packed documents of 2k with the ids as arguments, TFLOP/s, sm90
-// 449-455 -> 497-510, causal 333-350 -> 401-416; sm80 266-267 -> 271-275, causal 206-223 ->
-// 236-247 (tests/cuda/segment_prepass_probe.py, session 10).
+// H200, one row of 16k tokens, 8 documents, two runs: 0.014-0.024 ms per pre-pass (50 in
+// one executable) where jax.numpy's (reductions, cumulative max/min, a sort-based search)
+// took 0.088-0.129; forward of 8 packed documents of 2k with the ids as arguments, TFLOP/s,
+// sm90 425-455 -> 485-510, causal 333-350 -> 380-416; sm80 262-267 -> 271-282, causal
+// 206-227 -> 236-253 (tests/cuda/segment_prepass_probe.py, session 10).
 #include "common/segment_ranges.h"
 
 #include <climits>
