@@ -29,6 +29,11 @@ inline constexpr int32_t kUnbounded = 1 << 30;
 // can hold a matching pair from the (min, max) ids, skipping it if not.
 // Every kernel tile edge is a multiple of 16.
 inline constexpr int kSegmentChunk = 16;
+// Chunks of a side of `len` rows (keys): the summaries' leading size.
+// (Device code calls it too, under nvcc's --expt-relaxed-constexpr.)
+inline constexpr int64_t segment_chunks(int64_t len) {
+  return (len + kSegmentChunk - 1) / kSegmentChunk;
+}
 
 // The optional inputs of jax_flash._config.Extras and softcap; nullptr / 0 where absent.
 // Semantics (the "xla" path's, jax_flash/_xla.py): logit = scale * q.k, then

@@ -84,8 +84,7 @@ inline bool extras_consistent(const AttnParams& p) {
       segments != (e.kv_segment_range != nullptr)) {
     return false;
   }
-  if (segments && (e.q_chunks != (int64_t(p.t) + kSegmentChunk - 1) / kSegmentChunk ||
-                   e.kv_chunks != (int64_t(p.s) + kSegmentChunk - 1) / kSegmentChunk ||
+  if (segments && (e.q_chunks != segment_chunks(p.t) || e.kv_chunks != segment_chunks(p.s) ||
                    reinterpret_cast<uintptr_t>(e.q_segment_range) % 16 != 0 ||
                    reinterpret_cast<uintptr_t>(e.kv_segment_range) % 16 != 0)) {
     return false;

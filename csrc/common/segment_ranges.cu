@@ -79,7 +79,7 @@ struct Side {
   int32_t* range;  // this row's output [chunks, 4]
 
   __device__ Side(const int32_t* ids_, int len_, int32_t* arrays, int32_t* range_)
-      : ids(ids_), len(len_), chunks((len_ + kSegmentChunk - 1) / kSegmentChunk),
+      : ids(ids_), len(len_), chunks(int(segment_chunks(len_))),
         lo_id(arrays), hi_id(arrays + chunks), env_max(arrays + 2 * chunks),
         env_min(arrays + 3 * chunks), range(range_) {}
 
@@ -140,8 +140,7 @@ __global__ void __launch_bounds__(kThreads) segment_ranges_kernel(const SegmentR
   extern __shared__ int4 smem[];
   __shared__ int4 warp_totals[kWarps];
   const int64_t b = blockIdx.x;
-  const int qc = (p.t + kSegmentChunk - 1) / kSegmentChunk;
-  const int kc = (p.s + kSegmentChunk - 1) / kSegmentChunk;
+  const int qc = int(segment_chunks(p.t)), kc = int(segment_chunks(p.s));
   int32_t* arrays = in_smem ? reinterpret_cast<int32_t*>(smem)
                             : p.scratch + b * 4 * (int64_t(qc) + kc);
   const Side q(p.q_ids + b * p.t, p.t, arrays, p.q_range + b * qc * 4);
@@ -178,24 +177,25 @@ __global__ void __launch_bounds__(kThreads) segment_ranges_kernel(const SegmentR
   search(kv, q);
 }
 
+// Bytes of one row's per-chunk arrays (both sides).
+int64_t row_bytes(int32_t t, int32_t s) {
+  return (segment_chunks(t) + segment_chunks(s)) * kBytesPerChunk;
+}
+
 }  // namespace
 
 size_t segment_ranges_scratch_bytes(int64_t b, int32_t t, int32_t s) {
-  const int64_t qc = (int64_t(t) + kSegmentChunk - 1) / kSegmentChunk;
-  const int64_t kc = (int64_t(s) + kSegmentChunk - 1) / kSegmentChunk;
-  return (qc + kc) * kBytesPerChunk > kSmemBytes ? size_t(b * (qc + kc) * kBytesPerChunk) : 0;
+  return row_bytes(t, s) > kSmemBytes ? size_t(b * row_bytes(t, s)) : 0;
 }
 
 cudaError_t launch_segment_ranges(const SegmentRangeParams& p, cudaStream_t stream) {
   if (p.b < 0 || p.b > INT32_MAX || p.t < 0 || p.s < 0) return cudaErrorInvalidValue;
   if (p.b == 0) return cudaSuccess;
-  const bool in_smem = segment_ranges_scratch_bytes(1, p.t, p.s) == 0;
+  const bool in_smem = row_bytes(p.t, p.s) <= kSmemBytes;
   const bool q_ok = p.t == 0 || (p.q_ids && p.q_range);
   const bool kv_ok = p.s == 0 || (p.kv_ids && p.kv_range);
   if (!q_ok || !kv_ok || (!in_smem && !p.scratch)) return cudaErrorInvalidValue;
-  const int64_t chunks = (int64_t(p.t) + kSegmentChunk - 1) / kSegmentChunk +
-                         (int64_t(p.s) + kSegmentChunk - 1) / kSegmentChunk;
-  const size_t smem = in_smem ? size_t(chunks * kBytesPerChunk) : 0;
+  const size_t smem = in_smem ? size_t(row_bytes(p.t, p.s)) : 0;
   segment_ranges_kernel<<<unsigned(p.b), kThreads, smem, stream>>>(p, in_smem);
   return cudaGetLastError();
 }

@@ -274,8 +274,8 @@ ffi::Error decode_extras(const char* target, const ffi::RemainingArgs& args, int
     if (auto e = take_s32("kv_seqlen", lead, x.kv_seqlen); e.failure()) return e;
   }
   if (bits & kSegments) {
-    x.q_chunks = (p.t + kSegmentChunk - 1) / kSegmentChunk;
-    x.kv_chunks = (p.s + kSegmentChunk - 1) / kSegmentChunk;
+    x.q_chunks = int32_t(segment_chunks(p.t));
+    x.kv_chunks = int32_t(segment_chunks(p.s));
     const std::tuple<const char*, Shape, const int32_t**> segments[] = {
         {"q_segment_ids", concat(lead, {p.t}), &x.q_segment_ids},
         {"kv_segment_ids", concat(lead, {p.s}), &x.kv_segment_ids},
@@ -531,8 +531,7 @@ ffi::Error SegmentRangesImpl(cudaStream_t stream, ffi::ScratchAllocator scratch,
   if (b > kMax || t > kMax - kSegmentChunk || s > kMax - kSegmentChunk) {
     return invalid(kTarget, "sizes must be below 2^31: " + to_string(qd) + ", " + to_string(kd));
   }
-  const int64_t qc = (t + kSegmentChunk - 1) / kSegmentChunk;
-  const int64_t kc = (s + kSegmentChunk - 1) / kSegmentChunk;
+  const int64_t qc = segment_chunks(t), kc = segment_chunks(s);
   if (auto e = expect_shape(kTarget, "q_segment_range", q_range->dimensions(),
                             concat(lead, {qc, 4}));
       e.failure()) {
