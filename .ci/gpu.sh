@@ -5,7 +5,8 @@
 #
 # Steps:
 #   build     pip install --no-build-isolation --no-deps -v . (ptxas -v on; build.log)
-#   test      pytest -m gpu tests/test_gpu_kernels.py tests/test_gpu_extras.py (not slow)
+#   test      pytest -m gpu tests/test_gpu_kernels.py tests/test_gpu_extras.py (not slow), then
+#             the bigmem tests alone (without PYTEST_ARGS)
 #   slow      the seqlen-131072 fwd+bwd test (pytest --run-slow -m slow)
 #   sanitize  compute-sanitizer memcheck and racecheck on tiny fwd+bwd calls
 #   cpu       the whole pytest suite (the CPU tests, here on the GPU machine)
@@ -94,9 +95,15 @@ timeout_args() {
   python3 -c "import pytest_timeout" 2>/dev/null && echo "--timeout=$1 --timeout-method=thread"
 }
 
+# The bigmem tests (conftest.py: most of the GPU's memory) run alone after the others, without
+# PYTEST_ARGS (its -n would skip them).
 step_test() {
-  run_pytest "$REPO/tests/test_gpu_kernels.py" "$REPO/tests/test_gpu_extras.py" \
-    -m "gpu and not slow" -v --durations=10 $(timeout_args 90)
+  local files=("$REPO/tests/test_gpu_kernels.py" "$REPO/tests/test_gpu_extras.py") rc=0
+  run_pytest "${files[@]}" -m "gpu and not slow and not bigmem" -v --durations=10 \
+    $(timeout_args 90) || rc=1
+  PYTEST_ARGS= run_pytest "${files[@]}" -m "gpu and bigmem and not slow" -v \
+    $(timeout_args 300) || rc=1
+  return $rc
 }
 
 step_slow() {

@@ -175,6 +175,7 @@ def test_unsorted_segments_and_sliding_window(arch):
 
 
 @gpu_test
+@pytest.mark.bigmem
 @pytest.mark.parametrize("arch", _families())
 def test_bias_past_2_31_elements(arch):
   """A [T, S] bias of 130 rows of 2^24 + 72 keys: elements of rows 127-129 lie past 2^31, so
