@@ -30,9 +30,11 @@
 //   -> ptxas: "0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads" (the 168
 //      registers it reports are the entry cap of 384 threads; setmaxnreg then gives 24 / 240).
 //   cuobjdump -sass /tmp/fwd.cubin | grep HGMMA      (pip install nvidia-cuda-cuobjdump)
-//   -> S = Q K^T as "HGMMA.64x128x16.F32.BF16 R24, gdesc[..], R24" (both operands in shared
-//      memory) and O += P V as "HGMMA.64x128x16.F32.BF16 R88, R152, gdesc[..].tnspB, R88" (P
-//      from registers, V^T transposed from shared memory); no LDL/STL anywhere.
+//   -> in the kernel without extras, S = Q K^T as "HGMMA.64x128x16.F32.BF16 R88, R152,
+//      gdesc[..], R88" (Q from registers, K from shared memory) and O += P V as
+//      "HGMMA.64x128x16.F32.BF16 R24, R184, gdesc[..].tnspB, R24" (P from registers, V^T
+//      transposed from shared memory); in the extras kernels S reads Q from shared memory too
+//      ("HGMMA.64x128x16.F32.BF16 R24, gdesc[..], R24"); no LDL/STL in the kernel without extras.
 // tests/cuda/sm90_notes.md has the numbers of every instantiation.
 #pragma once
 

@@ -157,7 +157,8 @@ struct FwdMainloop {
     using Blocks = std::conditional_t<kExtras, ExtraKeyBlocks<kBlockM, kBlockN>, KeyBlocks>;
     using Softmax = OnlineSoftmax<kRows>;
     const FwdParams& p = kp.fwd;
-    typename Traits::TiledMmaQK mma_qk;
+    constexpr bool kQRegs = Traits::kQInRegs && !kExtras;
+    std::conditional_t<kQRegs, typename Traits::TiledMmaQKRegs, typename Traits::TiledMmaQK> mma_qk;
     typename Traits::TiledMmaPV mma_pv;
     auto thr_qk = mma_qk.get_thread_slice(ctid);
     auto thr_pv = mma_pv.get_thread_slice(ctid);
@@ -304,8 +305,15 @@ struct FwdMainloop {
       Softmax softmax;
       if (!blocks.empty()) {
         const int q_stage = q_iter % Traits::kQStages;
-        auto tSrQ = thr_qk.partition_fragment_A(sQ(_, _, q_stage));  // descriptors
+        auto tSrQ = thr_qk.partition_fragment_A(sQ(_, _, q_stage));  // descriptors or registers
         Barrier::wait(&st.q_full[q_stage], (q_iter / Traits::kQStages) & 1);
+        if constexpr (kQRegs) {  // Q into registers, then its buffer goes back to the producer
+          auto copy_q = make_tiled_copy_A(Copy_Atom<SM75_U32x4_LDSM_N, Element>{}, mma_qk);
+          auto thr_copy_q = copy_q.get_thread_slice(ctid);
+          copy(copy_q, thr_copy_q.partition_S(sQ(_, _, q_stage)), thr_copy_q.retile_D(tSrQ));
+          __syncwarp();
+          if (threadIdx.x % 32 == 0) Barrier::arrive(&st.q_empty[q_stage]);
+        }
         if constexpr (kExtras) block_masks = blocks.masks(blocks.n_hi);
         prologue(tSrQ, softmax, blocks, row0);
         // Separate instantiations for masked and unmasked blocks: the element mask costs a
@@ -348,7 +356,7 @@ struct FwdMainloop {
           }
         }
         // Every S product of this warp has completed: Q may be overwritten.
-        if (threadIdx.x % 32 == 0) Barrier::arrive(&st.q_empty[q_stage]);
+        if (!kQRegs && threadIdx.x % 32 == 0) Barrier::arrive(&st.q_empty[q_stage]);
         ++q_iter;
         tail();
       }

@@ -48,8 +48,10 @@ constexpr auto qk_mma_atom() {
 // kQStages_: Q buffers, 0 = two where shared memory allows (see kQStages).
 // kStoreO_: -1 = the default of kStoreO below, 0 off, 1 on (measurements).
 // kConsumerWarpGroups_: 2 (every shipped default), or 3 at hdim 64 (see kConsumerRegs).
+// kQInRegs_: S = Q K^T with Q from registers (loaded once per tile), calls without extras.
 template <typename Element_, int kHeadDim_, int kBlockN_, int kStages_, bool kPingPong_,
-          int kQStages_ = 0, int kStoreO_ = -1, int kConsumerWarpGroups_ = 2>
+          int kQStages_ = 0, int kStoreO_ = -1, int kConsumerWarpGroups_ = 2,
+          bool kQInRegs_ = false>
 struct FwdTraits {
   using Element = Element_;
   static constexpr int kHeadDim = kHeadDim_;
@@ -126,6 +128,18 @@ struct FwdTraits {
       cute::GMMA::rs_op_selector<Element, Element, float, TilePV, cute::GMMA::Major::K,
                                  cute::GMMA::Major::MN>(),
       WarpGroups{}));
+  // Q in registers: each warpgroup's 64 x kHeadDim rows of Q stay in registers for the whole
+  // tile (ldmatrix once), so S = Q K^T reads only K from shared memory (32 registers at hdim
+  // 128; the extras kernels, already at the register limit, keep Q in shared memory).
+  static constexpr bool kQInRegs = kQInRegs_;
+  static_assert(!kQInRegs || kBlockN % 64 == 0, "Q in registers: kBlockN a multiple of 64");
+  using TiledMmaQKRegs = std::conditional_t<
+      kQInRegs,
+      decltype(cute::make_tiled_mma(
+          cute::GMMA::rs_op_selector<Element, Element, float, TileQK, cute::GMMA::Major::K,
+                                     cute::GMMA::Major::K>(),
+          WarpGroups{})),
+      TiledMmaQK>;
 
   // 128-byte swizzled tiles, as wgmma and TMA both want them. K and Q are K-major (head dim
   // contiguous). V is stored as V^T (head dim x keys, head dim contiguous): the same bytes as a
@@ -225,7 +239,13 @@ struct KernelParams {
 // Default tiles per head dim (fp16 and bf16 alike): FlashAttention-3's shapes where they compile
 // without spills (ptxas -v, 240 registers per consumer thread).
 //   hdim 64   128 x 128, 3 stages (2 x Q 16 KB + K/V 96 KB), ping-pong
-//   hdim 128  128 x 128, 2 stages (2 x Q 32 KB + K/V 128 KB), ping-pong
+//   hdim 128  128 x 128, 2 stages (2 x Q 32 KB + K/V 128 KB), ping-pong, Q in registers
+//             for S = Q K^T (calls without extras). H100, driver, settled, same run, two
+//             rounds, TFLOP/s, Q from shared memory | registers: 16k window 1024 479/451 |
+//             484/486, keys_1152 (9-block tiles) 552/556 | 589/594; non-causal 4k 623/629 |
+//             642/638, 8k 645/649 | 648/645, 16k 635/637 | 643/646; causal 2k 502/511 |
+//             498/497, 16k 613/614 | 615/622. The Q buffer goes back to the producer right
+//             after the ldmatrix, and each step's S product reads only K from shared memory.
 //   hdim 256  128 x 64,  2 stages (Q 64 KB + K/V 128 KB), no ping-pong. 128 x 80
 //             (FlashAttention-3's choice, 224 KB) spills 28 bytes in the mainloop here.
 // Measured on H200 and dropped (bf16, TFLOP/s at 2k/8k/16k against the default, same run):
@@ -241,7 +261,7 @@ struct FwdDefaultTraits<Element, 64> {
 };
 template <typename Element>
 struct FwdDefaultTraits<Element, 128> {
-  using type = FwdTraits<Element, 128, 128, 2, true>;
+  using type = FwdTraits<Element, 128, 128, 2, true, 0, -1, 2, true>;
 };
 template <typename Element>
 struct FwdDefaultTraits<Element, 256> {

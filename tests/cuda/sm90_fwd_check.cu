@@ -112,11 +112,11 @@ cudaError_t launch_variant(const FwdParams& p, cudaStream_t s, int section, bool
 template <class Traits>
 std::string variant_name() {
   char name[80];
-  std::snprintf(name, sizeof(name), "%s h%d %dx%d s%d%s%s%s",
+  std::snprintf(name, sizeof(name), "%s h%d %dx%d s%d%s%s%s%s",
                 std::is_same_v<typename Traits::Element, cutlass::bfloat16_t> ? "bf16" : "fp16",
                 Traits::kHeadDim, Traits::kBlockM, Traits::kBlockN, Traits::kStages,
                 Traits::kPingPong ? " pp" : "", Traits::kQStages == 2 ? " q2" : "",
-                Traits::kStoreO ? " so" : "");
+                Traits::kStoreO ? " so" : "", Traits::kQInRegs ? " qr" : "");
   return name;
 }
 
@@ -127,9 +127,10 @@ Variant default_variant() {
                  &launch_variant<T>, &sm90::run_fwd<E, H>, true};
 }
 
-template <typename E, int H, int N, int S, bool PP, int QS = 0, int SO = -1, int CWG = 2>
+template <typename E, int H, int N, int S, bool PP, int QS = 0, int SO = -1, int CWG = 2,
+          bool QR = false>
 Variant tuning_variant(bool check_extras = false) {
-  using T = sm90::FwdTraits<E, H, N, S, PP, QS, SO, CWG>;
+  using T = sm90::FwdTraits<E, H, N, S, PP, QS, SO, CWG, QR>;
   return Variant{variant_name<T>(), std::is_same_v<E, cutlass::bfloat16_t>, H, false,
                  &launch_variant<T>, nullptr, check_extras};
 }
@@ -141,6 +142,10 @@ std::vector<Variant> all_variants() {
       default_variant<bf16, 64>(), default_variant<bf16, 128>(), default_variant<bf16, 256>(),
       default_variant<fp16, 64>(), default_variant<fp16, 128>(), default_variant<fp16, 256>(),
 #ifndef SM90_CHECK_DEFAULTS_ONLY
+      // Q from shared memory for S = Q K^T at hdim 128 (the default before session 11), and
+      // Q in registers at hdim 64 (128 x 128 tiles; session 11, not the default there).
+      tuning_variant<bf16, 128, 128, 2, true, 0, -1, 2, false>(),
+      tuning_variant<bf16, 64, 128, 3, true, 0, -1, 2, true>(),
       // One Q buffer (the default has two) at hdim 128.
       tuning_variant<bf16, 128, 128, 2, true, 1>(),
       // O stored directly from registers (no "so": the epilogue of session 2).
