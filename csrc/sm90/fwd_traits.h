@@ -240,12 +240,13 @@ struct KernelParams {
 // without spills (ptxas -v, 240 registers per consumer thread).
 //   hdim 64   128 x 128, 3 stages (2 x Q 16 KB + K/V 96 KB), ping-pong
 //   hdim 128  128 x 128, 2 stages (2 x Q 32 KB + K/V 128 KB), ping-pong, Q in registers
-//             for S = Q K^T (calls without extras). H100, driver, settled, same run, two
-//             rounds, TFLOP/s, Q from shared memory | registers: 16k window 1024 479/451 |
-//             484/486, keys_1152 (9-block tiles) 552/556 | 589/594; non-causal 4k 623/629 |
-//             642/638, 8k 645/649 | 648/645, 16k 635/637 | 643/646; causal 2k 502/511 |
-//             498/497, 16k 613/614 | 615/622. The Q buffer goes back to the producer right
-//             after the ldmatrix, and each step's S product reads only K from shared memory.
+//             for S = Q K^T (calls without extras; session 11). H100, driver, settled, mean
+//             of four rounds (two with each variant first: the second one timed runs hotter),
+//             TFLOP/s, Q from shared memory -> registers: non-causal 512 491 -> 475, 1k 548 ->
+//             561, 2k 570 -> 562, 4k 626 -> 639, 8k 632 -> 631, 16k 635 -> 645; causal 512
+//             309 -> 320, 2k 496 -> 509, 4k 553 -> 571, 16k 615 -> 628; 9-block tiles
+//             (keys_1152) 553 -> 586, window 1024 468 -> 477. Each step's S product reads
+//             only K from shared memory, and the Q buffer goes back to the producer at once.
 //   hdim 256  128 x 64,  2 stages (Q 64 KB + K/V 128 KB), no ping-pong. 128 x 80
 //             (FlashAttention-3's choice, 224 KB) spills 28 bytes in the mainloop here.
 // Measured on H200 and dropped (bf16, TFLOP/s at 2k/8k/16k against the default, same run):
