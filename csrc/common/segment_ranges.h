@@ -27,7 +27,7 @@ struct SegmentRangeParams {
 };
 
 // Device scratch the kernel needs for its per-chunk arrays (chunk min and max ids and the
-// envelopes of both sides): 0 where they fit in shared memory (T + S <= 40k).
+// envelopes of both sides): 0 where they fit in shared memory (T + S <= 44k).
 size_t segment_ranges_scratch_bytes(int64_t b, int32_t t, int32_t s);
 
 // One CTA per batch row; cudaErrorInvalidValue for negative sizes or missing buffers.

@@ -307,12 +307,16 @@ struct FwdMainloop {
         const int q_stage = q_iter % Traits::kQStages;
         auto tSrQ = thr_qk.partition_fragment_A(sQ(_, _, q_stage));  // descriptors or registers
         Barrier::wait(&st.q_full[q_stage], (q_iter / Traits::kQStages) & 1);
+        // This warp is done with the Q buffer (one arrival per warp).
+        auto release_q = [&]() {
+          if (threadIdx.x % 32 == 0) Barrier::arrive(&st.q_empty[q_stage]);
+        };
         if constexpr (kQRegs) {  // Q into registers, then its buffer goes back to the producer
           auto copy_q = make_tiled_copy_A(Copy_Atom<SM75_U32x4_LDSM_N, Element>{}, mma_qk);
           auto thr_copy_q = copy_q.get_thread_slice(ctid);
           copy(copy_q, thr_copy_q.partition_S(sQ(_, _, q_stage)), thr_copy_q.retile_D(tSrQ));
           __syncwarp();
-          if (threadIdx.x % 32 == 0) Barrier::arrive(&st.q_empty[q_stage]);
+          release_q();
         }
         if constexpr (kExtras) block_masks = blocks.masks(blocks.n_hi);
         prologue(tSrQ, softmax, blocks, row0);
@@ -356,7 +360,7 @@ struct FwdMainloop {
           }
         }
         // Every S product of this warp has completed: Q may be overwritten.
-        if (!kQRegs && threadIdx.x % 32 == 0) Barrier::arrive(&st.q_empty[q_stage]);
+        if constexpr (!kQRegs) release_q();
         ++q_iter;
         tail();
       }
